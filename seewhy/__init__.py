@@ -1,0 +1,21 @@
+"""seewhy: see why a computer-vision model made a decision."""
+
+from __future__ import annotations
+
+from . import methods  # noqa: F401  (registers the methods)
+from .core import Explanation, Method, explain, get_method, list_methods, register
+from .targets import Target, make_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explanation",
+    "Method",
+    "Target",
+    "__version__",
+    "explain",
+    "get_method",
+    "list_methods",
+    "make_target",
+    "register",
+]

@@ -1,0 +1,255 @@
+"""The method registry, the Method base class, the Explanation record and ``explain()``."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from . import postprocess
+from .hooks import model_state
+from .targets import Target, TargetSpec, make_target
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` subclass (a dataclass of hyperparameters) by name."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].__name__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods, in registration order."""
+    return list(METHODS)
+
+
+def get_method(name: str, **params: Any) -> Method:
+    """Build the registered method ``name`` with hyperparameters ``params``.
+
+    Raises:
+        ValueError: unknown method name or parameter (the message lists the valid ones).
+    """
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown method {name!r}; {hint}registered: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    valid = {f.name for f in dataclasses.fields(cls)}
+    for key in params:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"method {name!r} has no parameter {key!r}{hint}; its parameters: {', '.join(sorted(valid)) or 'none'}"
+            )
+    return cls(**params)
+
+
+@dataclass
+class Call:
+    """What one method call learns besides the attributions: the resolved target, the model's output
+    on the inputs (when the method computed it anyway) and method-specific extras."""
+
+    target: Target
+    output: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, output: Tensor) -> Target:
+        """Record the model's ``output`` on the original inputs and resolve the target from it."""
+        self.output = output.detach()
+        self.target = self.target.resolve(self.output)
+        return self.target
+
+    def ensure_target(self, model: nn.Module, inputs: Tensor) -> Target:
+        """Resolve a pending target with a forward pass without gradients (cheap next to the method)."""
+        if self.target.pending or self.output is None:
+            with torch.no_grad():
+                self.resolve(model(inputs))
+        return self.target
+
+
+@dataclass
+class Method:
+    """Base class: a dataclass of hyperparameters, called as ``method(model, inputs, target) -> Tensor``.
+
+    Subclasses implement :meth:`attribute` and are registered with :func:`register`. ``kind`` is
+    ``"pixel"`` (attributions (B,C,H,W) in input space) or ``"map"`` ((B,1,h,w) at layer resolution).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "pixel"
+    heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "percentile"}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
+        raise NotImplementedError
+
+    def run(
+        self, model: nn.Module, inputs: Tensor, target: TargetSpec = None, *, class_names: Sequence[str] | None = None
+    ) -> tuple[Tensor, Call]:
+        """Attribute with the model in eval mode and frozen, restored afterwards; returns (attr, call)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        inputs = check_inputs(inputs)
+        names = class_names if class_names is not None else getattr(model, "class_names", None)
+        call = Call(make_target(target, inputs.shape[0], names))
+        with torch.inference_mode(False), model_state(model):
+            attr = self.attribute(model, inputs, call)
+        check_attribution(attr, inputs, self)
+        return attr, call
+
+    def __call__(self, model: nn.Module, inputs: Tensor, target: TargetSpec = None) -> Tensor:
+        return self.run(model, inputs, target)[0]
+
+
+def check_inputs(inputs: Tensor) -> Tensor:
+    """A float (B,C,H,W) tensor; a 3-D tensor is one image."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor of shape (B,C,H,W), got {type(inputs).__name__}")
+    if inputs.ndim == 3:
+        inputs = inputs.unsqueeze(0)
+    if inputs.ndim != 4:
+        raise ValueError(
+            f"inputs must have shape (B,C,H,W) or (C,H,W), got {tuple(inputs.shape)}; "
+            "add a batch dimension with inputs.unsqueeze(0)"
+        )
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"inputs must be a float tensor, got {inputs.dtype}; convert and normalise images first "
+            "(seewhy.images.preprocess or the model's own transform)"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs hold no image (batch size 0)")
+    return inputs
+
+
+def check_attribution(attr: Tensor, inputs: Tensor, method: Method) -> None:
+    if not isinstance(attr, Tensor) or attr.ndim != 4 or attr.shape[0] != inputs.shape[0]:
+        shape = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
+        raise RuntimeError(f"method {method.name!r} returned {shape}; expected ({inputs.shape[0]}, C, h, w)")
+    if method.kind == "pixel" and attr.shape != inputs.shape:
+        raise RuntimeError(f"method {method.name!r} returned {tuple(attr.shape)} for inputs {tuple(inputs.shape)}")
+    if attr.device != inputs.device:
+        raise RuntimeError(f"method {method.name!r} returned a tensor on {attr.device}, inputs are on {inputs.device}")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The result of :func:`explain`: raw signed attributions plus what they explain.
+
+    ``attributions``: (B,C,H,W) for pixel methods, (B,1,h,w) for map methods; ``targets``: (B,) class
+    indices (``None`` for callable targets); ``scores``: (B,) the model's score for each target.
+    """
+
+    attributions: Tensor
+    targets: Tensor | None
+    scores: Tensor
+    method: str
+    params: dict[str, Any]
+    layer: str | None = None
+    kind: str = "pixel"
+    heatmap_convention: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    class_names: Sequence[str] | None = field(default=None, repr=False)
+    inputs: Tensor | None = field(default=None, repr=False)
+
+    def heatmap(self, size: tuple[int, int] | None = None, **overrides: Any) -> Tensor:
+        """(B,1,H,W) in [0, 1] at ``size`` (default: the input size), by the method's convention.
+
+        ``overrides`` change single steps (``reduce``, ``sign``, ``upsample``, ``normalize``, ``percentile``);
+        see :mod:`seewhy.postprocess`.
+        """
+        steps = self.heatmap_steps(size, **overrides)
+        steps.pop("size")
+        return postprocess.heatmap(self.attributions, size, **steps)
+
+    def heatmap_steps(self, size: tuple[int, int] | None = None, **overrides: Any) -> dict[str, Any]:
+        """The post-processing applied by :meth:`heatmap`, for the record."""
+        if size is None and self.inputs is not None:
+            size = tuple(self.inputs.shape[-2:])
+        steps = {"reduce": "sum", "sign": "abs", "upsample": "bilinear", "normalize": "minmax"}
+        steps.update(self.heatmap_convention)
+        steps.update(overrides)
+        steps["size"] = size
+        return steps
+
+    def label(self, i: int) -> str:
+        """Human-readable target of sample ``i``."""
+        if self.targets is None:
+            return "custom target"
+        t = int(self.targets[i])
+        return f"{t} {self.class_names[t]}" if self.class_names and t < len(self.class_names) else str(t)
+
+    def _repr_html_(self) -> str:
+        from .viz import explanation_html
+
+        return explanation_html(self)
+
+
+def explain(
+    model: nn.Module,
+    inputs: Tensor,
+    method: str | Method = "integrated_gradients",
+    target: TargetSpec = None,
+    layer: str | nn.Module | None = None,
+    batch_size: int | None = None,
+    **params: Any,
+) -> Explanation:
+    """Explain ``model``'s decision on ``inputs`` with a registered method.
+
+    Args:
+        model: any ``nn.Module`` returning (B, K) scores (or any output, with a callable target).
+        inputs: float (B,C,H,W), or (C,H,W) for one image, on the model's device.
+        method: a registered name (see :func:`list_methods`) or a configured :class:`Method`.
+        target: None/"top1", an int, one int per sample, a class name, or a callable ``f(output) -> (B,)``.
+        layer: dotted module name or module, for methods that work at a layer.
+        batch_size: how many expanded inputs go through the model at once (results do not depend on it).
+        **params: the method's hyperparameters.
+    """
+    if isinstance(method, Method):
+        if params or layer is not None or batch_size is not None:
+            raise ValueError("pass hyperparameters either in the Method object or as keywords, not both")
+        m = method
+    else:
+        extra = {k: v for k, v in (("layer", layer), ("batch_size", batch_size)) if v is not None}
+        fields = {f.name for f in dataclasses.fields(METHODS[method])} if method in METHODS else set()
+        for key in extra:
+            if fields and key not in fields:
+                raise ValueError(f"method {method!r} takes no {key}= parameter")
+        m = get_method(method, **extra, **params)
+    inputs = check_inputs(inputs)
+    attr, call = m.run(model, inputs, target)
+    if call.output is None:
+        with torch.inference_mode(False), model_state(model):
+            call.ensure_target(model, inputs)
+    scores = call.target.score(call.output).detach()
+    layer_name = call.extras.pop("layer", None)
+    return Explanation(
+        attributions=attr.detach(),
+        targets=call.target.indices,
+        scores=scores,
+        method=m.name,
+        params=m.params,
+        layer=layer_name,
+        kind=m.kind,
+        heatmap_convention=dict(m.heatmap_convention),
+        extras=call.extras,
+        class_names=getattr(model, "class_names", None),
+        inputs=inputs.detach(),
+    )

@@ -1,0 +1,151 @@
+"""The only code that changes a model temporarily. Everything here is a context manager that undoes
+itself in ``finally``: no hook, flag or ``requires_grad`` change outlives a call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+
+@contextmanager
+def model_state(model: nn.Module, *, eval: bool = True, freeze: bool = True) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and freeze its parameters for the duration; restore both exactly.
+
+    Freezing (``requires_grad=False``) keeps autograd from tracking the weights, so input gradients are
+    cheaper; every module's ``.training`` flag and every parameter's ``requires_grad`` come back as they were.
+    """
+    training = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, flag in training:
+            m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[dict[str, Tensor]]:
+    """Record the output of each named module during forwards inside the block.
+
+    With ``grad=True`` the recorded tensor is part of the graph (so ``torch.autograd.grad(score, acts[name])``
+    works even for frozen models: the output is made to require grad). The dict holds the latest output.
+    """
+    acts: dict[str, Tensor] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+            if not isinstance(output, Tensor):
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            if grad and torch.is_grad_enabled() and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+                acts[name] = output
+                return output
+            acts[name] = output
+            return None
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of hooks registered on any module of ``model`` (0 for a clean model)."""
+    total = 0
+    for m in model.modules():
+        for d in (
+            m._forward_hooks,
+            m._forward_pre_hooks,
+            m._backward_hooks,
+            getattr(m, "_backward_pre_hooks", {}),
+            getattr(m, "_state_dict_hooks", {}),
+        ):
+            total += len(d)
+    return total
+
+
+# --- rectifiers with a modified backward (guided backprop, deconvnet) ------------------------------
+
+BackwardRule = Callable[[Tensor, Tensor], Tensor]  # (grad_out, pass_mask) -> grad_in
+
+
+class _Rectifier(torch.autograd.Function):
+    """clamp(x, lo, hi) forward; a given rule maps the output gradient to the input gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float | None, rule: BackwardRule) -> Tensor:  # type: ignore[override]
+        mask = x > lo if hi is None else (x > lo) & (x < hi)
+        ctx.save_for_backward(mask)
+        ctx.rule = rule
+        return x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        return ctx.rule(grad, mask), None, None, None
+
+
+def _bounds(func: Callable, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
+    """(lo, hi, inplace) if ``func`` is a ReLU-type call, else None."""
+    relu = {F.relu: False, torch.relu: False, Tensor.relu: False, torch.relu_: True, Tensor.relu_: True}
+    if func in relu:
+        return 0.0, None, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)) or relu[func]
+    if func is F.relu6:
+        return 0.0, 6.0, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+    if func in (F.hardtanh, F.hardtanh_):
+        lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+        inplace = func is F.hardtanh_ or bool(kwargs.get("inplace", args[3] if len(args) > 3 else False))
+        return (float(lo), float(hi), inplace) if lo == 0 else None
+    return None
+
+
+class _RectifierMode(TorchFunctionMode):
+    def __init__(self, rule: BackwardRule) -> None:
+        super().__init__()
+        self.rule = rule
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        bounds = _bounds(func, args, kwargs) if args and isinstance(args[0], Tensor) else None
+        if bounds is None or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        lo, hi, inplace = bounds
+        x = args[0]
+        self.count += 1
+        out = _Rectifier.apply(x, lo, hi, self.rule)
+        if inplace:  # keep the in-place contract: x holds the result, its graph goes through the rule
+            return x.copy_(out)
+        return out
+
+
+@contextmanager
+def rectifier_backward(rule: BackwardRule) -> Iterator[_RectifierMode]:
+    """Replace the backward pass of every ReLU / ReLU6 call during the block, module or functional.
+
+    Intercepts ``F.relu``, ``torch.relu(_)``, ``Tensor.relu(_)``, ``F.relu6`` and ``F.hardtanh`` with a
+    lower bound of 0 (what ``nn.ReLU``, ``nn.ReLU6`` and inplace variants call) through a
+    ``TorchFunctionMode``; no module is touched. The mode's ``count`` says how many calls it changed.
+    """
+    mode = _RectifierMode(rule)
+    with mode:
+        yield mode
