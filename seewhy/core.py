@@ -228,9 +228,9 @@ def explain(
         m = method
     else:
         extra = {k: v for k, v in (("layer", layer), ("batch_size", batch_size)) if v is not None}
-        fields = {f.name for f in dataclasses.fields(METHODS[method])} if method in METHODS else set()
+        fields = {f.name for f in dataclasses.fields(METHODS[method])} if method in METHODS else None
         for key in extra:
-            if fields and key not in fields:
+            if fields is not None and key not in fields:
                 raise ValueError(f"method {method!r} takes no {key}= parameter")
         m = get_method(method, **extra, **params)
     inputs = check_inputs(inputs)

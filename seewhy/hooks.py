@@ -40,21 +40,25 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[
     """Record the output of each named module during forwards inside the block.
 
     With ``grad=True`` the recorded tensor is part of the graph (so ``torch.autograd.grad(score, acts[name])``
-    works even for frozen models: the output is made to require grad). The dict holds the latest output.
+    works even for frozen models: the output is made to require grad). The dict holds the latest output,
+    as the layer returned it, even when a later in-place op changes the tensor the model goes on with.
     """
     acts: dict[str, Tensor] = {}
     handles = []
 
     def make_hook(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
             if not isinstance(output, Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            if grad and torch.is_grad_enabled() and not output.requires_grad:
-                output = output.detach().requires_grad_(True)
+            if grad and torch.is_grad_enabled():
+                if not output.requires_grad:
+                    output = output.detach().requires_grad_(True)
                 acts[name] = output
-                return output
-            acts[name] = output
-            return None
+            else:
+                acts[name] = output.detach()
+            # the model goes on with a copy, so an in-place op after the layer (nn.ReLU(inplace=True))
+            # cannot overwrite the recorded activation
+            return output.clone()
 
         return hook
 

@@ -40,7 +40,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 
 
 def spatial_layers(model: nn.Module, inputs: Tensor) -> list[str]:
-    """Names of the modules whose output is a 4-D (B,C,h,w) tensor, in forward order (one dry forward)."""
+    """Names of the modules whose output is a (B,C,h,w) map larger than 1x1, in the order they finish
+    (one dry forward)."""
     order: list[str] = []
     handles = []
     for name, m in model.named_modules():
@@ -48,7 +49,7 @@ def spatial_layers(model: nn.Module, inputs: Tensor) -> list[str]:
             continue
 
         def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4 and name not in order:
+            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-2:].numel() > 1 and name not in order:
                 order.append(name)
 
         handles.append(m.register_forward_hook(hook))
@@ -62,7 +63,7 @@ def spatial_layers(model: nn.Module, inputs: Tensor) -> list[str]:
 
 
 def default_layer(model: nn.Module, inputs: Tensor) -> str:
-    """The last module with a spatial (B,C,h,w) output, found by a dry forward on one sample."""
+    """The last module with a spatial (B,C,h,w) output (h*w > 1), found by a dry forward on one sample."""
     order = spatial_layers(model, inputs)
     if not order:
         raise ValueError("the model has no module with a 4-D (B,C,h,w) output; pass layer= explicitly")

@@ -102,7 +102,8 @@ def _check_class_output(output: Tensor, n: int, idx: Tensor | None = None) -> No
     if idx is not None and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= output.shape[1]):
         bad = idx[(idx < 0) | (idx >= output.shape[1])][0]
         raise ValueError(
-            f"target class {int(bad)} is out of range: the model has {output.shape[1]} classes (0..{output.shape[1] - 1})"
+            f"target class {int(bad)} is out of range: the model has {output.shape[1]} classes "
+            f"(0..{output.shape[1] - 1})"
         )
 
 

@@ -121,7 +121,9 @@ def quadrature(n_steps: int, rule: str) -> tuple[Tensor, Tensor]:
     )
 
 
-def make_baseline(inputs: Tensor, baseline: str | float | Tensor, *, sigma: float, generator: torch.Generator | None) -> Tensor:
+def make_baseline(
+    inputs: Tensor, baseline: str | float | Tensor, *, sigma: float, generator: torch.Generator | None
+) -> Tensor:
     """The IG reference input: ``"zeros"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"uniform"`` (noise over
     each image's value range), a number (constant image) or a tensor broadcastable to ``inputs``."""
     if isinstance(baseline, Tensor):

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models (in-place ReLU modules, functional activations, residual, flatten head),
+seeded inputs, and fast settings for every registered method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seewhy.zoo.small import TinyCNN, TinyFunctionalCNN, TinyResNet, TinyVGG
+
+# Settings that keep each registered method fast in tests; methods not listed run with their defaults.
+FAST_PARAMS: dict[str, dict] = {
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"n_samples": 4, "seed": 0},
+}
+
+MODEL_CLASSES = {
+    "tiny_cnn": TinyCNN,
+    "tiny_functional_cnn": TinyFunctionalCNN,
+    "tiny_resnet": TinyResNet,
+    "tiny_vgg": TinyVGG,
+}
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = MODEL_CLASSES[name]()
+    model.eval()
+    return model
+
+
+@pytest.fixture(params=sorted(MODEL_CLASSES))
+def any_model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    return build(request.param)
+
+
+@pytest.fixture
+def inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(3, 3, 32, 32, generator=g)
