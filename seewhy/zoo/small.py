@@ -85,7 +85,7 @@ class TinyResNet(nn.Module):
 
 
 class TinyVGG(nn.Module):
-    """conv-ReLU-pool blocks and a flatten + linear head (no global pooling), for inputs of ``size`` pixels."""
+    """conv-ReLU-pool blocks and a flatten + linear head (no global pooling), for ``size``-pixel inputs."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 8, size: int = 32) -> None:
         super().__init__()
