@@ -1,0 +1,370 @@
+"""Pictures out: colormaps, overlays, grids, PNG encoding and the Jupyter view of an Explanation.
+
+This is the only module (with :mod:`seewhy.images` and the report) where tensors become uint8 numpy
+arrays or PIL images. Heatmaps come in already scaled to [0, 1] by :mod:`seewhy.postprocess`; a
+*signed* map has 0.5 for zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import io
+import os
+import uuid
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from .images import to_pil
+
+if TYPE_CHECKING:
+    from .core import Explanation
+
+__all__ = [
+    "apply_colormap",
+    "data_uri",
+    "explanation_html",
+    "grid",
+    "heat_to_image",
+    "overlay",
+    "png_bytes",
+    "save_png",
+    "tensor_to_image",
+]
+
+_EPS = 1e-12
+
+
+def tensor_to_image(x: Tensor | np.ndarray, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None) -> np.ndarray:
+    """A (C,H,W) or (B,C,H,W) image tensor (C = 1 or 3) -> uint8 (H,W,3) or (B,H,W,3).
+
+    With ``mean``/``std`` the tensor is denormalised (``x * std + mean``) and clipped to [0, 1];
+    without, each image is min-max scaled (over all its channels, so colours keep their balance).
+    One channel becomes gray RGB.
+    """
+    t = torch.as_tensor(x).detach().to("cpu", torch.float64)
+    if t.ndim not in (3, 4):
+        raise ValueError(f"expected an image tensor of shape (C,H,W) or (B,C,H,W), got {tuple(t.shape)}")
+    single = t.ndim == 3
+    if single:
+        t = t.unsqueeze(0)
+    c = t.shape[1]
+    if c not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {c} (shape {tuple(t.shape)}); select the channels "
+                         "to show first, e.g. x[:, :3]")
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (to denormalise) or neither (per-image min-max)")
+    t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+    if mean is not None:
+        m = torch.as_tensor(mean, dtype=t.dtype).flatten()
+        s = torch.as_tensor(std, dtype=t.dtype).flatten()
+        if m.numel() not in (1, c) or s.numel() not in (1, c):
+            raise ValueError(f"mean and std need 1 or {c} values for a {c}-channel image, "
+                             f"got {m.numel()} and {s.numel()}")
+        t = (t * s.view(1, -1, 1, 1) + m.view(1, -1, 1, 1)).clamp(0, 1)
+    else:
+        flat = t.flatten(1)
+        lo = flat.amin(1).view(-1, 1, 1, 1)
+        hi = flat.amax(1).view(-1, 1, 1, 1)
+        t = (t - lo) / (hi - lo).clamp(min=_EPS)
+    if c == 1:
+        t = t.expand(-1, 3, -1, -1)
+    out = (t * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return out[0] if single else out
+
+
+@lru_cache(maxsize=32)
+def _lut(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    try:
+        cm = matplotlib.colormaps[cmap]
+    except KeyError:
+        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown colormap {cmap!r}; {hint}use a name from matplotlib.colormaps "
+                         "(e.g. jet, viridis, inferno, bwr, RdBu_r)") from None
+    lut = (cm(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).round().astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def _as_numpy(values: np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def apply_colormap(values: np.ndarray | Tensor, cmap: str = "jet") -> np.ndarray:
+    """Values in [0, 1] (any shape, typically (H,W)) -> uint8 colours of shape ``values.shape + (3,)``.
+
+    Values are clipped to [0, 1]; NaN maps to 0. 256 levels, from ``matplotlib.colormaps[cmap]``.
+    """
+    v = np.nan_to_num(np.clip(_as_numpy(values), 0.0, 1.0), nan=0.0)
+    return _lut(cmap)[np.rint(v * 255.0).astype(np.intp)]
+
+
+def _heat2d(heat: np.ndarray | Tensor, size: tuple[int, int] | None = None, *,
+            signed: bool = False) -> np.ndarray:
+    """(H,W), (1,H,W) or (1,1,H,W) -> float64 (H,W) in [0, 1], resized bilinearly to ``size`` if given."""
+    h = _as_numpy(heat)
+    while h.ndim > 2 and h.shape[0] == 1:
+        h = h[0]
+    if h.ndim != 2:
+        raise ValueError(f"expected one heatmap of shape (H,W) or (1,H,W), got {tuple(np.shape(heat))}; "
+                         "pass one sample at a time, e.g. heat[i]")
+    h = np.nan_to_num(h, nan=0.5 if signed else 0.0)
+    if size is not None and h.shape != tuple(size):
+        t = torch.from_numpy(np.ascontiguousarray(h))[None, None]
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+        h = t[0, 0].numpy()
+    return np.clip(h, 0.0, 1.0)
+
+
+def _as_rgb(image: np.ndarray | Image.Image, what: str = "image") -> np.ndarray:
+    """uint8 (H,W,3) from an RGB/RGBA/gray uint8 array (or floats in [0,1]) or a PIL image."""
+    if isinstance(image, Tensor):
+        raise TypeError(f"{what} is a torch tensor; convert it with seewhy.viz.tensor_to_image first")
+    return np.asarray(to_pil(image))
+
+
+def _default_cmap(cmap: str | None, signed: bool) -> str:
+    return cmap if cmap is not None else ("bwr" if signed else "jet")
+
+
+def overlay(image: np.ndarray, heat: np.ndarray | Tensor, *, cmap: str | None = None, alpha: float = 0.5,
+            signed: bool = False) -> np.ndarray:
+    """Blend a heatmap over an image: uint8 (H,W,3).
+
+    Args:
+        image: uint8 (H,W,3) (gray and RGBA are accepted too).
+        heat: (H,W) or (1,H,W) in [0, 1]; resized bilinearly to the image when the sizes differ.
+        cmap: matplotlib colormap; default ``"jet"``, or ``"bwr"`` when ``signed``.
+        alpha: opacity of the colours, in [0, 1] (0: the image, 1: the colormap alone).
+        signed: 0.5 means zero: the opacity is ``alpha * |2 * heat - 1|``, so zero shows the image.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    img = _as_rgb(image)
+    h = _heat2d(heat, img.shape[:2], signed=signed)
+    colours = apply_colormap(h, _default_cmap(cmap, signed)).astype(np.float64)
+    a = float(alpha) * (np.abs(2.0 * h - 1.0) if signed else np.ones_like(h))
+    a = a[..., None]
+    out = (1.0 - a) * img + a * colours
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def heat_to_image(heat: np.ndarray | Tensor, *, cmap: str | None = None, signed: bool = False) -> np.ndarray:
+    """The colormapped heatmap alone: (H,W) or (1,H,W) in [0, 1] -> uint8 (H,W,3)."""
+    return apply_colormap(_heat2d(heat, signed=signed), _default_cmap(cmap, signed))
+
+
+# ----------------------------------------------------------------------------------------------- grid
+
+
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
+    if not text:
+        return 0, 0
+    x0, y0, x1, y1 = draw.multiline_textbbox((0, 0), text, font=_font())
+    return int(np.ceil(x1)), int(np.ceil(y1))
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """Each line of ``text`` shortened with '...' to fit ``width`` pixels."""
+    lines = []
+    for line in str(text).splitlines() or [""]:
+        if _text_size(draw, line)[0] > width:
+            lo, hi = 0, len(line)  # the longest prefix that fits with '...' (binary search)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if _text_size(draw, line[:mid] + "...")[0] <= width else (lo, mid - 1)
+            line = line[:lo] + "..."
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str) -> None:
+    try:
+        draw.multiline_text(xy, text, fill=(0, 0, 0), font=_font())
+    except UnicodeEncodeError:  # a bitmap fallback font (no FreeType) only has Latin-1
+        draw.multiline_text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(0, 0, 0),
+                            font=_font())
+
+
+def grid(cells: Sequence[Sequence[np.ndarray | None]], *, row_labels: Sequence[str] | None = None,
+         col_labels: Sequence[str] | None = None, pad: int = 4, max_label_width: int = 200) -> np.ndarray:
+    """Lay images out in rows (e.g. images x methods) on white, with text labels: uint8 (H,W,3).
+
+    Every cell is as large as the largest image (smaller ones are centred; ``None`` leaves a cell
+    blank; short rows are padded). Without labels the result is ``rows * h + (rows + 1) * pad`` high and
+    ``cols * w + (cols + 1) * pad`` wide; column labels add a band on top, row labels one on the left
+    (at most ``max_label_width`` pixels; longer labels are shortened with '...'). Labels may hold '\\n'.
+    """
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    rows = [[None if c is None else _as_rgb(c, "grid cell") for c in row] for row in cells]
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if row_labels is not None and len(row_labels) != n_rows:
+        raise ValueError(f"got {len(row_labels)} row_labels for {n_rows} rows")
+    if col_labels is not None and len(col_labels) != n_cols:
+        raise ValueError(f"got {len(col_labels)} col_labels for {n_cols} columns")
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("grid needs at least one cell")
+    present = [c for r in rows for c in r if c is not None]
+    ch = max((c.shape[0] for c in present), default=1)
+    cw = max((c.shape[1] for c in present), default=1)
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cols_txt = [_fit(draw, lab, cw) for lab in col_labels] if col_labels is not None else None
+    rows_txt = [_fit(draw, lab, max_label_width) for lab in row_labels] if row_labels is not None else None
+    top = max(_text_size(draw, t)[1] for t in cols_txt) + pad if cols_txt else 0
+    left = max(_text_size(draw, t)[0] for t in rows_txt) + pad if rows_txt else 0
+
+    height = top + n_rows * ch + (n_rows + 1) * pad
+    width = left + n_cols * cw + (n_cols + 1) * pad
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        y = top + pad + i * (ch + pad)
+        for j, cell in enumerate(row):
+            if cell is None:
+                continue
+            x = left + pad + j * (cw + pad)
+            dy, dx = (ch - cell.shape[0]) // 2, (cw - cell.shape[1]) // 2
+            canvas[y + dy:y + dy + cell.shape[0], x + dx:x + dx + cell.shape[1]] = cell
+
+    if cols_txt or rows_txt:
+        pil = Image.fromarray(canvas)
+        d = ImageDraw.Draw(pil)
+        for j, text in enumerate(cols_txt or []):
+            x = left + pad + j * (cw + pad) + (cw - _text_size(d, text)[0]) // 2
+            _draw_text(d, (x, pad // 2), text)
+        for i, text in enumerate(rows_txt or []):
+            y = top + pad + i * (ch + pad) + (ch - _text_size(d, text)[1]) // 2
+            _draw_text(d, (pad // 2, y), text)
+        canvas = np.asarray(pil).copy()
+    return canvas
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def _pil_any(image: np.ndarray | Image.Image) -> Image.Image:
+    """A PIL image from uint8 (H,W) gray, (H,W,3) RGB or (H,W,4) RGBA (alpha kept for PNG)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, Tensor):
+        raise TypeError("got a torch tensor; convert it with seewhy.viz.tensor_to_image first")
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        return Image.fromarray(np.ascontiguousarray(arr))
+    return to_pil(arr)  # floats in [0, 1] and the errors that name what is wrong
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 (H,W), (H,W,3) or (H,W,4) image as PNG."""
+    buf = io.BytesIO()
+    _pil_any(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(image: np.ndarray) -> str:
+    """The image as an inline PNG: ``"data:image/png;base64,..."``."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Readers never see a half-written file; the folder must exist.
+    """
+    data = png_bytes(image)
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # os.open applies the umask (unlike mkstemp's 0600), so the file gets ordinary permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------- Jupyter view
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, Tensor):
+        text = f"tensor{tuple(value.shape)}" if value.numel() > 8 else repr(value.tolist())
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def explanation_html(exp: Explanation, *, max_rows: int = 16, width: int = 160) -> str:
+    """A small HTML table for ``Explanation._repr_html_``: per sample the input, the heatmap overlay,
+    the target label and its score; the method, its parameters and the heatmap steps above it.
+
+    Shows the first ``max_rows`` samples; images are displayed ``width`` pixels wide.
+    """
+    steps = exp.heatmap_steps()
+    signed = steps.get("sign") == "all"
+    heat = exp.heatmap()  # (B,1,H,W) in [0, 1]
+    n = int(heat.shape[0])
+    shown = min(n, max_rows)
+    inputs = None
+    if exp.inputs is not None and exp.inputs.ndim == 4 and exp.inputs.shape[1] in (1, 3):
+        inputs = tensor_to_image(exp.inputs[:shown])
+
+    def img(arr: np.ndarray, alt: str) -> str:
+        return (f'<img src="{data_uri(arr)}" alt="{html.escape(alt)}" '
+                f'style="width:{width}px;image-rendering:pixelated">')
+
+    esc = html.escape
+    params = ", ".join(f"{esc(str(k))}={esc(_short(v))}" for k, v in exp.params.items()) or "none"
+    step_text = ", ".join(f"{esc(str(k))}={esc(str(v))}" for k, v in steps.items() if k != "size")
+    head = f"<b>{esc(exp.method)}</b>"
+    if exp.layer:
+        head += f" at layer <code>{esc(str(exp.layer))}</code>"
+    parts = [
+        '<div class="seewhy-explanation">',
+        f"<div>{head} &mdash; {n} sample{'s' if n != 1 else ''}</div>",
+        f"<div><small>params: {params}</small></div>",
+        f"<div><small>heatmap: {step_text}</small></div>",
+        "<table>",
+        "<tr><th>#</th><th>input</th><th>heatmap</th><th>target</th><th>score</th></tr>",
+    ]
+    for i in range(shown):
+        label = exp.label(i)
+        h = heat[i, 0]
+        if inputs is not None:
+            left = img(inputs[i], f"input {i}")
+            right = img(overlay(inputs[i], h, signed=signed), f"heatmap {i}: {label}")
+        else:
+            left = ""
+            right = img(heat_to_image(h, signed=signed), f"heatmap {i}: {label}")
+        score = f"{float(exp.scores[i]):.4g}" if exp.scores is not None and exp.scores.numel() > i else ""
+        parts.append(f"<tr><td>{i}</td><td>{left}</td><td>{right}</td>"
+                     f"<td>{esc(label)}</td><td>{esc(score)}</td></tr>")
+    parts.append("</table>")
+    if shown < n:
+        parts.append(f"<div><small>... and {n - shown} more (showing {shown} of {n})</small></div>")
+    parts.append("</div>")
+    return "\n".join(parts)
