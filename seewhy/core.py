@@ -176,8 +176,7 @@ class Explanation:
         see :mod:`seewhy.postprocess`.
         """
         steps = self.heatmap_steps(size, **overrides)
-        steps.pop("size")
-        return postprocess.heatmap(self.attributions, size, **steps)
+        return postprocess.heatmap(self.attributions, steps.pop("size"), **steps)
 
     def heatmap_steps(self, size: tuple[int, int] | None = None, **overrides: Any) -> dict[str, Any]:
         """The post-processing applied by :meth:`heatmap`, for the record."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,50 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[
     finally:
         for h in handles:
             h.remove()
+
+
+class StopForward(Exception):
+    """Raised by a :func:`watch` hook to end a forward pass once the layer of interest has run."""
+
+
+@contextmanager
+def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | None = None) -> Iterator[dict[str, int]]:
+    """Count the calls of each module during the block; end the forward (raise ``StopForward``) after a module whose
+    output satisfies ``stop``. Hooks are removed on exit."""
+    calls = dict.fromkeys(modules, 0)
+    handles = []
+
+    def make(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            calls[name] += 1
+            if stop is not None and isinstance(out, Tensor) and stop(out):
+                raise StopForward
+
+        return hook
+
+    try:
+        for name, m in modules.items():
+            handles.append(m.register_forward_hook(make(name)))
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def replace_output(module: nn.Module, value: Tensor) -> Iterator[None]:
+    """During the block, ``module`` returns ``value`` instead of its output (same shape)."""
+
+    def hook(m: nn.Module, args: tuple, out: Any) -> Tensor:
+        if not isinstance(out, Tensor) or out.shape != value.shape:
+            raise ValueError(f"the layer returned {getattr(out, 'shape', type(out))}, expected {tuple(value.shape)}")
+        return value
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -12,6 +12,10 @@ from seewhy.zoo.small import TinyCNN, TinyFunctionalCNN, TinyResNet, TinyVGG
 FAST_PARAMS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 8},
     "smoothgrad": {"n_samples": 4, "seed": 0},
+    # the tiny models include heads that are not linear(GAP(layer)) at the default layer (a functional ReLU after
+    # it): the contract test checks the mechanics, test_cam.py checks strict mode
+    "cam": {"strict": False},
+    "class_map": {"strict": False},
 }
 
 MODEL_CLASSES = {

@@ -1,5 +1,21 @@
 """Attribution methods; importing this package registers them all."""
 
+from .cam import (
+    CAM,
+    CAMMethod,
+    ClassMap,
+    EigenCAM,
+    FullyConvolutional,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientCAM,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+    fully_convolutional,
+)
+from .cam_perturbation import AblationCAM, ScoreCAM
 from .gradient import (
     Deconvnet,
     GradientMethod,
@@ -11,11 +27,26 @@ from .gradient import (
 )
 
 __all__ = [
+    "AblationCAM",
+    "CAM",
+    "CAMMethod",
+    "ClassMap",
     "Deconvnet",
+    "EigenCAM",
+    "fully_convolutional",
+    "FullyConvolutional",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCAM",
     "GradientMethod",
     "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "LayerCAM",
     "Saliency",
+    "ScoreCAM",
     "SmoothGrad",
+    "XGradCAM",
 ]
