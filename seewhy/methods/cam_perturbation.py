@@ -107,14 +107,23 @@ def sequential_tail(model: nn.Module, name: str) -> Callable[[Tensor], Any] | No
     return tail
 
 
+def model_tail(model: nn.Module, name: str) -> Callable[[Tensor], Any] | None:
+    """``model.forward_head`` when the model declares that it continues from layer ``name``
+    (``model.head_layer == name``), as seewhy's zoo models do; else None."""
+    if getattr(model, "head_layer", None) == name and callable(getattr(model, "forward_head", None)):
+        return model.forward_head
+    return None
+
+
 @register("ablationcam")
 @dataclass
 class AblationCAM(CAMMethod):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): M = sum_k w_k A_k, w_k = (S - S_k) / |S|, S_k the score with
     channel k of the layer set to 0 (|S| is clamped to >= 1e-6; for S > 0 this is the paper's (S - S_k) / S).
 
-    When the rest of the model can be run from the activation (``head=`` a function activation -> output, or the
-    layer sits in a chain of ``nn.Sequential`` from the model down), only that tail is re-run for the B*K ablations;
+    When the rest of the model can be run from the activation (``head=`` a function activation -> output, the
+    layer sits in a chain of ``nn.Sequential`` from the model down, or the model declares ``head_layer`` and
+    ``forward_head``), only that tail is re-run for the B*K ablations;
     otherwise full forwards with the layer's output replaced by the ablated activation. Both are batched in chunks of
     ``batch_size`` rows; ``extras["ablation_path"]`` says which ran ("tail" or "forward"), ``extras["weights"]``
     holds the (B,K) weights."""
@@ -152,7 +161,7 @@ class AblationCAM(CAMMethod):
             native = acts[name]
             a = self._grid(native, name, inputs)
             b, k = a.shape[:2]
-            tail = self.head if self.head is not None else sequential_tail(model, name)
+            tail = self.head if self.head is not None else sequential_tail(model, name) or model_tail(model, name)
             path = "forward"
             if tail is not None:
                 if _same(tail(native.clone()), out):

@@ -133,16 +133,24 @@ class EfficientNetLite0(nn.Module):
             raise ValueError(f"got {len(class_names)} class_names for num_classes={num_classes}")
         self.class_names: list[str] | None = None if class_names is None else list(class_names)
 
+    #: the layer whose output :meth:`forward_head` continues from (the default CAM layer)
+    head_layer = "_bn1"
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """The last spatial feature map (B, 1280, h, w), after the head activation."""
+        """The output of ``_bn1``: the last spatial map (B, 1280, h, w), before the head activation."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self._bn1(self._conv_head(x))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The rest of the forward from ``_bn1``'s output: ReLU6, global average pooling, dropout, ``_fc``.
+        Lets Ablation-CAM re-run only this tail for each ablated channel."""
+        x = self._avg_pooling(F.relu6(features)).flatten(1)
+        return self._fc(self._dropout(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._avg_pooling(self.forward_features(x)).flatten(1)
-        return self._fc(self._dropout(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def weights_path() -> str:

@@ -1,0 +1,77 @@
+"""Shared pieces of the benchmark scripts: the photo batch, timing, the reference costs, the Markdown table."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import seewhy
+from seewhy import zoo
+from seewhy.images import BUNDLED, bundled_image
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def photos(batch: int, model: str = "efficientnet_lite0") -> torch.Tensor:
+    """``batch`` bundled photos preprocessed for the zoo model (cycling through chelsea, coffee, ...)."""
+    spec = zoo.get_spec(model)
+    return torch.stack([spec.preprocess(bundled_image(BUNDLED[i % len(BUNDLED)])) for i in range(batch)])
+
+
+def timed(fn: Callable[[], object], repeat: int, warmup: bool = True) -> float:
+    """Median wall time of ``fn`` in seconds over ``repeat`` calls, after one warm-up call."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_backward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> float:
+    """Seconds per image of a training-style step: forward with gradients, backward of the top-1 scores to
+    the input and every parameter."""
+    target = model(x).argmax(1).detach()
+
+    def step() -> None:
+        leaf = x.clone().requires_grad_(True)
+        model(leaf).gather(1, target[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    return timed(step, repeat) / x.shape[0]
+
+
+def forward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int, channels_last: bool = True) -> float:
+    """Seconds per image of the best forward: inference_mode, channels_last input."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xf = x.contiguous(memory_format=fmt)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(xf)
+
+    return timed(run, repeat) / x.shape[0]
+
+
+def write_table(rows: list[tuple[str, float, str]], ref: float, ref_name: str, note: str, out: Path) -> str:
+    """Markdown table of (what, seconds per image, settings) with the ratio to ``ref``; printed and written."""
+    lines = [
+        f"| what | ms / image | x {ref_name} | settings |",
+        "|---|---:|---:|---|",
+        *(f"| {n} | {s * 1000:.1f} | {s / ref:.2f} | {p} |" for n, s, p in rows),
+        "",
+        f"{note}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, seewhy {seewhy.__version__}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return text
