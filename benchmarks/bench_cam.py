@@ -1,4 +1,4 @@
-"""Milliseconds per image for the CAM family on efficientnet_lite0 at 224 px (layer ``_bn1``, 1280 channels),
+"""Milliseconds per image for the CAM family on efficientnet_lite0 at 224 px (layer ``_features``, 1280 channels),
 next to one forward+backward and the best forward.
 
 Run:  python benchmarks/bench_cam.py [--batch 4] [--repeat 3] [--threads 2] [--skip-scorecam]
@@ -39,8 +39,8 @@ def main() -> None:
     fwd = forward_time(model, x, args.repeat)
     rows = [("forward (inference_mode, channels_last)", fwd, ""), ("forward+backward (reference)", ref, "")]
     for name in GRADIENT_CAMS:
-        sec = timed(lambda name=name: seewhy.explain(model, x, name, target=target, layer="_bn1"), args.repeat) / b
-        rows.append((f"seewhy {name}", sec, "layer=_bn1"))
+        sec = timed(lambda name=name: seewhy.explain(model, x, name, target=target, layer="_features"), args.repeat) / b
+        rows.append((f"seewhy {name}", sec, "layer=_features"))
     for name, params in (("ablationcam", {"batch_size": 256}), ("scorecam", {"batch_size": 64})):
         if name == "scorecam" and args.skip_scorecam:
             continue
@@ -48,11 +48,11 @@ def main() -> None:
 
         def run(name: str = name, params: dict = params) -> None:
             nonlocal exp
-            exp = seewhy.explain(model, x, name, target=target, layer="_bn1", **params)
+            exp = seewhy.explain(model, x, name, target=target, layer="_features", **params)
 
         sec = timed(run, 1, warmup=False) / b
         extra = f", path={exp.extras['ablation_path']}" if name == "ablationcam" else ""
-        rows.append((f"seewhy {name}", sec, f"layer=_bn1, batch_size={params['batch_size']}{extra}"))
+        rows.append((f"seewhy {name}", sec, f"layer=_features, batch_size={params['batch_size']}{extra}"))
         if name == "scorecam":
             rows.append(("floor: 1280 x best forward", 1280 * fwd, "1280 masked forwards per image"))
     try:

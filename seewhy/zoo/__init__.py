@@ -113,7 +113,7 @@ MODELS: dict[str, ModelSpec] = {
             efficientnet_lite0,
             mean=(0.498, 0.498, 0.498),
             std=(0.502, 0.502, 0.502),
-            cam_layer="_bn1",
+            cam_layer="_features",
             description="EfficientNet-Lite0, ImageNet-1k (4.7M parameters, ReLU6, 224x224)",
             has_weights=True,
         ),

@@ -122,6 +122,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(STAGES[-1][4], 1280, 1)
         self._bn1 = _bn(1280)
+        self._features = nn.Identity()  # names the final feature map (after the head ReLU6): the CAM layer
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
@@ -134,19 +135,19 @@ class EfficientNetLite0(nn.Module):
         self.class_names: list[str] | None = None if class_names is None else list(class_names)
 
     #: the layer whose output :meth:`forward_head` continues from (the default CAM layer)
-    head_layer = "_bn1"
+    head_layer = "_features"
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The output of ``_bn1``: the last spatial map (B, 1280, h, w), before the head activation."""
+        """The last spatial feature map (B, 1280, h, w), after the head ReLU6: the output of ``_features``."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return self._bn1(self._conv_head(x))
+        return self._features(F.relu6(self._bn1(self._conv_head(x))))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """The rest of the forward from ``_bn1``'s output: ReLU6, global average pooling, dropout, ``_fc``.
+        """The rest of the forward from ``_features``: global average pooling, dropout, ``_fc``.
         Lets Ablation-CAM re-run only this tail for each ablated channel."""
-        x = self._avg_pooling(F.relu6(features)).flatten(1)
+        x = self._avg_pooling(features).flatten(1)
         return self._fc(self._dropout(x))
 
     def forward(self, x: Tensor) -> Tensor:

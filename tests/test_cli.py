@@ -1,0 +1,213 @@
+"""The seewhy command line, run in-process through ``main([...])``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seewhy import cli, list_methods, zoo
+from seewhy.core import METHODS, Method
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> list[Path]:
+    """Two 32x32 PNGs and one corrupt file."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("red", "blue"):
+        p = tmp_path / "in" / f"{name}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    bad = tmp_path / "in" / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    return [*paths, bad]
+
+
+def _explain(images: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["explain", *map(str, images), "--model", "tiny_cnn", "--out", str(out),
+            "--method", "saliency,integrated_gradients", "--set", "integrated_gradients.n_steps=4", *extra]
+
+
+def test_explain_writes_report_and_skips_bad_files(pictures: list[Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert cli.main(_explain(pictures, out)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out / "index.html")
+    assert "corrupt.png" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["attributions.npz", "index.html", "manifest.json"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert [im["name"] for im in m["images"]] == ["red", "blue"]
+    assert [x["name"] for x in m["methods"]] == ["saliency", "integrated_gradients"]
+    assert m["methods"][1]["params"]["n_steps"] == 4 and m["methods"][1]["params"]["seed"] == 0
+    assert [f["path"] for f in m["failures"]] == [str(pictures[2])]
+    assert m["model"]["name"] == "tiny_cnn" and m["preprocessing"]["crop"] == 32
+    assert m["command"][:2] == ["seewhy", "explain"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "corrupt.png" in html and html.count('<td class="cell"') == 4
+    with np.load(out / "attributions.npz") as npz:
+        assert npz["integrated_gradients/red"].shape == (3, 32, 32)
+
+
+def test_batches_of_one_give_the_same_attributions(pictures: list[Path], tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli.main(_explain(pictures[:2], a)) == 0
+    assert cli.main(_explain(pictures[:2], b, "--batch-size", "1")) == 0
+    assert len(json.loads((b / "manifest.json").read_text())["methods"][0]["batches"]) == 2
+    with np.load(a / "attributions.npz") as x, np.load(b / "attributions.npz") as y:
+        for key in x.files:
+            np.testing.assert_allclose(x[key], y[key], rtol=1e-4, atol=1e-6)
+
+
+def test_all_bad_inputs_fail(pictures: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    rc = cli.main(_explain([pictures[2], tmp_path / "missing.jpg"], out))
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "none of the 2 input(s) could be used" in err and "missing.jpg" in err
+    assert not (out / "index.html").exists()
+
+
+def test_unknown_method_is_a_usage_error(pictures: list[Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["explain", str(pictures[0]), "--model", "tiny_cnn", "--out", str(tmp_path / "o"),
+                   "--method", "saliency,salency_map"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "salency_map" in err and all(m in err for m in list_methods())
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "tiny_cn"], "tiny_cnn"),
+        (["--model", "tiny_cnn", "--target", "tabby"], "class_names"),
+        (["--model", "tiny_cnn", "--target", "12"], "out of range"),
+        (["--model", "tiny_cnn", "--set", "saliency.n_steps=3"], "no parameter 'n_steps'"),
+        (["--model", "tiny_cnn", "--set", "integrated_gradients=3"], "METHOD.PARAM=VALUE"),
+        (["--model", "tiny_cnn", "--set", "smoothgrad.n_samples=3"], "add it with --method"),
+        (["--model", "tiny_cnn", "--layer", "featurez"], "features"),
+        (["--model", "tiny_cnn", "--device", "gpu7"], "unknown device"),
+    ],
+)
+def test_usage_errors(pictures: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                      args: list[str], message: str) -> None:
+    rc = cli.main(["explain", str(pictures[0]), "--out", str(tmp_path / "o"), "--method",
+                   "saliency,integrated_gradients", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err
+
+
+@dataclasses.dataclass
+class _Broken(Method):
+    """A method that always fails."""
+
+    name = "broken"
+
+    def attribute(self, model: object, inputs: object, call: object) -> None:
+        raise RuntimeError("boom")
+
+
+def test_a_failing_method_is_reported_and_the_others_kept(pictures: list[Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(METHODS, "broken", _Broken)
+    out = tmp_path / "report"
+    argv = ["explain", str(pictures[0]), "--model", "tiny_cnn", "--out", str(out), "--method", "broken,saliency"]
+    assert cli.main(argv) == 0
+    assert "method broken failed: RuntimeError: boom" in capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["methods"][0] == {"name": "broken", "error": "RuntimeError: boom"}
+    assert "boom" in (out / "index.html").read_text(encoding="utf-8")
+    argv[-1] = "broken"
+    assert cli.main([*argv, "--overwrite"]) == 1
+    assert "every method failed" in capsys.readouterr().err
+
+
+def test_existing_output_folder_needs_overwrite(pictures: list[Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(_explain(pictures[:1], out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert cli.main(_explain(pictures[:1], out, "--overwrite")) == 0
+    assert (out / "index.html").is_file() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_methods_and_models_list_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == list_methods()
+    assert any("Simonyan" in line for line in out)
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in zoo.list_models():
+        assert name in out
+    assert "pretrained" in out and "no weights" in out
+
+
+def test_model_from_a_python_file(pictures: list[Path], tmp_path: Path) -> None:
+    factory = tmp_path / "mynet.py"
+    factory.write_text(
+        "import torch.nn as nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(4, 3))\n"
+    )
+    out = tmp_path / "report"
+    rc = cli.main(["explain", str(pictures[0]), "--model", f"{factory}:build", "--method", "saliency",
+                   "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["spec"] == f"{factory}:build" and m["images"][0]["size"] == [224, 224]
+
+
+def test_help_and_bad_arguments_return_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["explain", "x.png"]) == 2  # --model and --out missing
+    assert cli.main(["frobnicate"]) == 2
+    capsys.readouterr()
+
+
+def test_python_dash_m_seewhy() -> None:
+    done = subprocess.run([sys.executable, "-m", "seewhy", "methods"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "saliency" in done.stdout
+
+
+def test_demo_saliency_recognises_the_photos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--method", "saliency", "--target", "espresso"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert {r["target"] for r in m["methods"][0]["per_image"].values()} == {967}  # a class-name target
+    top = {im["name"]: [p["label"] for p in im["top5"]] for im in m["images"]}
+    assert set(top) == {"chelsea", "coffee", "astronaut", "rocket"}
+    assert top["chelsea"][0] in ("tabby", "tiger cat", "Egyptian cat")
+    assert top["coffee"][0] == "espresso"
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "espresso" in html and any(c in html for c in ("tabby", "tiger cat", "Egyptian cat"))
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    expected = [name for name in list_methods() if name not in cli.DEMO_SKIP]
+    assert [x["name"] for x in m["methods"]] == expected
+    errors = {x["name"]: x["error"] for x in m["methods"] if "error" in x}
+    assert not errors, errors
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert html.count('<td class="cell"') == 4 * len(expected)

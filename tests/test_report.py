@@ -1,0 +1,234 @@
+"""seewhy.report: a self-contained HTML report, manifest.json and attributions.npz, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import seewhy
+from seewhy import report, zoo
+from seewhy.report import ImageRow, MethodRun, Table
+
+N_IMAGES = 3
+METHODS = ("saliency", "integrated_gradients")
+
+
+class _Collector(HTMLParser):
+    """Every tag with its attributes, and the text of the page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Collector:
+    parser = _Collector()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def _cells(page: _Collector) -> list[dict[str, str | None]]:
+    return [a for t, a in page.tags if t == "td" and "cell" in (a.get("class") or "").split()]
+
+
+@pytest.fixture(scope="module")
+def run_data() -> dict:
+    """Three 32x32 images explained by two methods on tiny_cnn, in two batches (2 + 1 images)."""
+    spec = zoo.get_spec("tiny_cnn")
+    model = spec.build(False).eval()
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(N_IMAGES)]
+    x = torch.stack([spec.preprocess(p) for p in pictures])
+    with torch.no_grad():
+        logits = model(x)
+    runs = []
+    for m in METHODS:
+        params = {"n_steps": 4} if m == "integrated_gradients" else {}
+        exps = [seewhy.explain(model, x[:2], m, **params), seewhy.explain(model, x[2:], m, **params)]
+        runs.append(MethodRun(m, exps, [0.25, 0.125]))
+    rows = [ImageRow(f"img{i}", p, source=f"/data/img{i}.png", output=logits[i]) for i, p in enumerate(pictures)]
+    return {"rows": rows, "runs": runs, "failures": [("/data/broken.png", "cannot load image: truncated")]}
+
+
+def _write(out: Path, data: dict, **kw) -> Path:
+    return report.write_explain_report(
+        out, data["rows"], data["runs"], model={"name": "tiny_cnn", "description": "a tiny net"},
+        target="top1", failures=data["failures"], settings={"device": "cpu"}, command=["seewhy", "explain"],
+        preprocessing={"resize": 32, "crop": 32}, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def written(run_data: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "out"
+    index = _write(out, run_data, tables=[Table("Faithfulness", ["method", "deletion AUC"], [["saliency", 0.25]])])
+    assert index == out / "index.html"
+    return out
+
+
+def test_files_written_and_no_temp_files_left(written: Path) -> None:
+    assert sorted(p.name for p in written.iterdir()) == sorted(report.FILES)
+
+
+def test_html_parses_and_is_self_contained(written: Path) -> None:
+    page = _parse(written / "index.html")
+    urls = [(t, k, v) for t, a in page.tags for k, v in a.items() if k in ("src", "href") and v is not None]
+    assert urls, "the report embeds its images"
+    for tag, key, value in urls:
+        assert value.startswith(("data:image/png;base64,", "#")), f"external {key}= in <{tag}>: {value[:60]}"
+    assert not [t for t, a in page.tags if t in ("script", "link")]
+    text = " ".join(page.text)
+    for word in ("tiny_cnn", seewhy.__version__, torch.__version__, "top1", "img0", *METHODS):
+        assert word in text
+
+
+def test_one_cell_per_image_and_method(written: Path) -> None:
+    cells = _cells(_parse(written / "index.html"))
+    assert len(cells) == N_IMAGES * len(METHODS)
+    pairs = {(c["data-image"], c["data-method"]) for c in cells}
+    assert pairs == {(f"img{i}", m) for i in range(N_IMAGES) for m in METHODS}
+
+
+def test_html_shows_predictions_gap_timing_failures_and_tables(written: Path) -> None:
+    html = (written / "index.html").read_text(encoding="utf-8")
+    text = " ".join(_parse(written / "index.html").text)
+    assert "top-5 predictions" in text and text.count("class ") >= 5 * N_IMAGES
+    assert text.count("completeness gap") == N_IMAGES
+    assert "0.12 s / image" in text  # (0.25 + 0.125) s over 3 images
+    assert "n_steps=4" in text
+    assert 'id="failures"' in html and "/data/broken.png" in text and "truncated" in text
+    assert "Faithfulness" in text and "deletion AUC" in text
+
+
+def test_manifest(written: Path, run_data: dict) -> None:
+    m = json.loads((written / "manifest.json").read_text())
+    assert m["model"] == {"name": "tiny_cnn", "description": "a tiny net"}
+    assert m["target"] == "top1" and m["command"] == ["seewhy", "explain"]
+    assert m["preprocessing"] == {"resize": 32, "crop": 32} and m["settings"] == {"device": "cpu"}
+    assert set(m["versions"]) >= {"seewhy", "torch", "numpy", "python"}
+    assert m["versions"]["seewhy"] == seewhy.__version__
+    assert [im["name"] for im in m["images"]] == ["img0", "img1", "img2"]
+    assert [im["key"] for im in m["images"]] == ["img0", "img1", "img2"]
+    assert m["images"][0]["size"] == [32, 32] and len(m["images"][0]["top5"]) == 5
+    assert abs(sum(p["prob"] for p in m["images"][0]["top5"])) <= 1.0 + 1e-9
+    assert m["failures"] == [{"path": "/data/broken.png", "reason": "cannot load image: truncated"}]
+    methods = {x["name"]: x for x in m["methods"]}
+    assert list(methods) == list(METHODS)
+    ig = methods["integrated_gradients"]
+    assert ig["params"]["n_steps"] == 4 and ig["params"]["baseline"] == "zeros"
+    assert ig["heatmap_steps"]["size"] == [32, 32] and "reduce" in ig["heatmap_steps"]
+    assert ig["seconds"] == pytest.approx(0.375) and ig["seconds_per_image"] == pytest.approx(0.125)
+    assert [b["images"] for b in ig["batches"]] == [["img0", "img1"], ["img2"]]
+    exp = run_data["runs"][1].explanations[1]
+    assert ig["per_image"]["img2"]["completeness_gap"] == pytest.approx(float(exp.extras["completeness_gap"][0]))
+    assert ig["per_image"]["img2"]["target"] == int(exp.targets[0])
+    assert m["tables"][0]["rows"] == [["saliency", 0.25]]
+    assert m["attributions"]["file"] == "attributions.npz"
+
+
+def test_attributions_round_trip_exactly(written: Path, run_data: dict) -> None:
+    with np.load(written / "attributions.npz") as npz:
+        assert sorted(npz.files) == sorted(f"{m}/img{i}" for m in METHODS for i in range(N_IMAGES))
+        for run in run_data["runs"]:
+            attr = torch.cat([e.attributions for e in run.explanations])
+            for i in range(N_IMAGES):
+                stored = torch.from_numpy(npz[f"{run.name}/img{i}"])
+                assert stored.dtype == attr.dtype and torch.equal(stored, attr[i])
+
+
+def test_existing_folder_refused_without_overwrite(written: Path, run_data: dict) -> None:
+    before = (written / "index.html").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _write(written, run_data)
+    assert (written / "index.html").stat().st_mtime_ns == before
+    _write(written, run_data, overwrite=True)
+    assert sorted(p.name for p in written.iterdir()) == sorted(report.FILES)
+
+
+def test_empty_existing_folder_is_fine(tmp_path: Path, run_data: dict) -> None:
+    _write(tmp_path, run_data)
+    assert (tmp_path / "index.html").is_file()
+
+
+def test_interrupted_write_leaves_no_complete_looking_report(tmp_path: Path, run_data: dict,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, run_data)
+
+    def boom(*args: object, **kw: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.json, "dumps", boom)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path, run_data, overwrite=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "index.html" not in names
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_duplicate_names_get_unique_keys_and_failed_methods_are_listed(tmp_path: Path, run_data: dict) -> None:
+    rows = [dataclasses.replace(r, name="cat") for r in run_data["rows"]]
+    runs = [*run_data["runs"], MethodRun("gradcam", error="ValueError: no spatial layer")]
+    report.write_explain_report(tmp_path, rows, runs, model={"name": "tiny_cnn"})
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert [im["key"] for im in m["images"]] == ["cat", "cat-2", "cat-3"]
+    assert m["methods"][-1] == {"name": "gradcam", "error": "ValueError: no spatial layer"}
+    page = _parse(tmp_path / "index.html")
+    assert len(_cells(page)) == N_IMAGES * len(METHODS)
+    assert "no spatial layer" in " ".join(page.text)
+    with np.load(tmp_path / "attributions.npz") as npz:
+        assert "saliency/cat-3" in npz.files
+
+
+def test_signed_heatmaps_get_a_signed_legend(tmp_path: Path, run_data: dict) -> None:
+    run = run_data["runs"][1]
+    signed = [dataclasses.replace(e, heatmap_convention={**e.heatmap_convention, "sign": "all"})
+              for e in run.explanations]
+    report.write_explain_report(tmp_path, run_data["rows"], [MethodRun(run.name, signed, run.seconds)],
+                                model={"name": "tiny_cnn"})
+    assert "signed attribution" in (tmp_path / "index.html").read_text(encoding="utf-8")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["methods"][0]["heatmap_steps"]["sign"] == "all"
+
+
+def test_mismatched_inputs_are_rejected(tmp_path: Path, run_data: dict) -> None:
+    with pytest.raises(ValueError, match="explains 3 images, the report has 2"):
+        report.write_explain_report(tmp_path, run_data["rows"][:2], run_data["runs"], model={"name": "m"})
+    bad = dataclasses.replace(run_data["rows"][0], image=np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        report.write_explain_report(tmp_path, [bad, *run_data["rows"][1:]], run_data["runs"], model={"name": "m"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_top_predictions() -> None:
+    preds = report.top_predictions(torch.tensor([0.0, 3.0, 1.0]), ["a", "b", "c"], k=2)
+    assert [(i, label) for i, label, _ in preds] == [(1, "b"), (2, "c")]
+    assert preds[0][2] == pytest.approx(float(torch.softmax(torch.tensor([0.0, 3.0, 1.0]), 0)[1]))
+    assert report.top_predictions(np.array([1.0, 2.0]))[0][1] == "class 1"
+
+
+def test_single_image_with_class_names(tmp_path: Path, run_data: dict) -> None:
+    runs = [MethodRun(r.name, r.explanations[1:], r.seconds[1:]) for r in run_data["runs"]]
+    names = [f"label{k}" for k in range(10)]
+    report.write_explain_report(tmp_path, run_data["rows"][2:], runs, model={"name": "tiny_cnn"},
+                                class_names=names)
+    page = _parse(tmp_path / "index.html")
+    text = " ".join(page.text)
+    assert "1 image × 2 methods" in text and "Failures" not in text
+    target = int(runs[0].explanations[0].targets[0])
+    assert f"label{target} ({target})" in text
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["images"][0]["top5"][0]["label"].startswith("label")
