@@ -16,6 +16,11 @@ FAST_PARAMS: dict[str, dict] = {
     # it): the contract test checks the mechanics, test_cam.py checks strict mode
     "cam": {"strict": False},
     "class_map": {"strict": False},
+    # perturbation / surrogate methods: few evaluations, fixed seeds (the contract wants determinism)
+    "feature_ablation": {"n_segments": 16},
+    "rise": {"n_masks": 32, "seed": 0},
+    "lime": {"n_samples": 40, "n_segments": 12, "seed": 0},
+    "kernel_shap": {"n_samples": 40, "n_segments": 12, "seed": 0},
 }
 
 MODEL_CLASSES = {

@@ -50,3 +50,22 @@ __all__ = [
     "SmoothGrad",
     "XGradCAM",
 ]
+
+from .perturbation import RISE, FeatureAblation, Occlusion, OcclusionMap, PerturbationMethod  # noqa: E402
+from .surrogate import KernelShap, Lime, SurrogateMethod, top_features  # noqa: E402
+
+__all__ += [
+    "FeatureAblation",
+    "KernelShap",
+    "Lime",
+    "Occlusion",
+    "OcclusionMap",
+    "PerturbationMethod",
+    "RISE",
+    "SurrogateMethod",
+    "top_features",
+]
+
+from .lrp import LRP, Composite, MergeBatchNorm, ledger_table  # noqa: E402
+
+__all__ += ["Composite", "LRP", "MergeBatchNorm", "ledger_table"]

@@ -1,0 +1,323 @@
+"""LRP: every rule against an independent float64 matrix-form reference, conservation, canonizers, the ledger,
+and the pretrained EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import seewhy
+from seewhy.hooks import count_hooks
+from seewhy.methods.lrp import (
+    LRP,
+    LRP0,
+    AlphaBeta,
+    Composite,
+    Epsilon,
+    Flat,
+    Gamma,
+    MergeBatchNorm,
+    WSquare,
+    ZBox,
+    ZPlus,
+    canonized,
+    detect_batchnorm_pairs,
+    ledger_table,
+)
+from seewhy.targets import make_target
+
+D = torch.float64
+
+
+# --- the float64 matrix-form reference -------------------------------------------------------------------
+
+
+def _dense(layer: nn.Module, shape: tuple[int, ...], weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The matrix M (J, I) of the bias-free layer on inputs of ``shape`` (one sample), column by column."""
+    w = layer.weight if weight is None else weight
+    n = int(torch.tensor(shape).prod())
+    basis = torch.eye(n, dtype=D).view(n, *shape)
+    if isinstance(layer, nn.Linear):
+        cols = basis @ w.T
+    else:
+        cols = torch.nn.functional.conv2d(basis, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return cols.reshape(n, -1).T
+
+
+def _reference(rule: str, m: torch.Tensor, ones: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
+               r: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float = 0.0, gamma: float = 0.25,
+               alpha: float = 1.0, beta: float = 0.0, bias: bool = True) -> torch.Tensor:
+    """R_i = sum_j q_ij / sum_i' q_i'j R_j with q from the LRP papers; m: (J, I), x: (I,), b, r: (J,)."""
+    z = m * x[None, :]  # z_ij as [j, i]
+
+    if rule in ("lrp0", "epsilon"):
+        den = z.sum(1) + b
+        den = den + eps * torch.where(den >= 0, 1.0, -1.0).to(D)
+        return (z / den[:, None] * r[:, None]).sum(0)
+    if rule == "gamma":
+        pos = (z.sum(1) + b >= 0)[:, None]
+        q = z + gamma * torch.where(pos, z.clamp(min=0), z.clamp(max=0))
+        den = q.sum(1) + b + gamma * torch.where(pos[:, 0], b.clamp(min=0), b.clamp(max=0))
+        den = den + eps * torch.where(den >= 0, 1.0, -1.0).to(D)
+        return (q / den[:, None] * r[:, None]).sum(0)
+    if rule == "alpha_beta":
+        zp, zn = z.clamp(min=0), z.clamp(max=0)
+        dp = zp.sum(1) + (b.clamp(min=0) if bias else 0)
+        dn = zn.sum(1) + (b.clamp(max=0) if bias else 0)
+        dp, dn = (torch.where(d == 0, torch.inf, d) for d in (dp, dn))  # no contribution of that sign: share 0
+        return alpha * (zp / dp[:, None] * r[:, None]).sum(0) - beta * (zn / dn[:, None] * r[:, None]).sum(0)
+    if rule == "flat":
+        return (ones / ones.sum(1, keepdim=True) * r[:, None]).sum(0)
+    if rule == "wsquare":
+        q = m * m
+        return (q / q.sum(1, keepdim=True) * r[:, None]).sum(0)
+    if rule == "zbox":
+        q = z - lo[None, :] * m.clamp(min=0) - hi[None, :] * m.clamp(max=0)
+        return (q / q.sum(1, keepdim=True) * r[:, None]).sum(0)
+    raise AssertionError(rule)
+
+
+def _ours(layer: nn.Module, rule, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    """Relevance at the input of ``layer`` alone, with ``r_out`` injected as the output relevance."""
+    with torch.no_grad():
+        z = layer(x)
+    c = (r_out / z).detach()
+    composite = Composite(first=rule) if rule.input_rule else Composite(types=[((nn.Linear, nn.Conv2d), rule)])
+    method = LRP(composite=composite, canonizers=None)
+    target = make_target(lambda out: (out * c).flatten(1).sum(1), x.shape[0])
+    return method.propagate(layer, x, target)[0]
+
+
+LAYERS = {
+    "linear": lambda bias: nn.Linear(12, 5, bias=bias),
+    "conv": lambda bias: nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias),
+    "depthwise": lambda bias: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=bias),
+}
+SHAPES = {"linear": (12,), "conv": (3, 6, 6), "depthwise": (4, 5, 5)}
+RULES = {
+    "lrp0": (LRP0(), {}),
+    "epsilon": (Epsilon(0.1), {"eps": 0.1}),
+    "gamma": (Gamma(gamma=0.5, epsilon=0.0), {"gamma": 0.5}),
+    "alpha1_beta0": (AlphaBeta(1.0, 0.0), {"alpha": 1.0, "beta": 0.0}),
+    "alpha2_beta1": (AlphaBeta(2.0, 1.0), {"alpha": 2.0, "beta": 1.0}),
+    "alpha3_beta2_nobias": (AlphaBeta(3.0, 2.0, bias=False), {"alpha": 3.0, "beta": 2.0, "bias": False}),
+    "zplus": (ZPlus(), {"alpha": 1.0, "beta": 0.0, "bias": False}),
+    "flat": (Flat(), {}),
+    "wsquare": (WSquare(), {}),
+    "zbox": (ZBox(low=-2.5, high=2.5, epsilon=0.0), {}),
+}
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rule_matches_the_matrix_reference(name: str, kind: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    layer = LAYERS[kind](bias).to(D).eval()
+    x = torch.randn(2, *SHAPES[kind], dtype=D).clamp(-2.4, 2.4)
+    with torch.no_grad():
+        z = layer(x)
+    r_out = torch.rand_like(z) + 0.5
+    rule, kw = RULES[name]
+    got = _ours(layer, rule, x, r_out)
+    m = _dense(layer, SHAPES[kind])
+    ones = _dense(layer, SHAPES[kind], torch.ones_like(layer.weight))
+    b = layer.bias if bias else torch.zeros(layer.weight.shape[0], dtype=D)
+    b = b.detach().repeat_interleave(m.shape[0] // b.shape[0])  # per output unit, channel-major
+    ref_rule = {"alpha1_beta0": "alpha_beta", "alpha2_beta1": "alpha_beta", "alpha3_beta2_nobias": "alpha_beta",
+                "zplus": "alpha_beta"}.get(name, name)
+    lo = torch.full((m.shape[1],), -2.5, dtype=D)
+    for i in range(x.shape[0]):
+        ref = _reference(ref_rule, m, ones, x[i].flatten(), b, r_out[i].flatten(), lo, -lo, **kw)
+        torch.testing.assert_close(got[i].flatten(), ref, rtol=1e-9, atol=1e-10)
+
+
+def test_zplus_equals_alpha1_beta0_without_biases() -> None:
+    torch.manual_seed(1)
+    layer = nn.Conv2d(3, 5, 3, padding=1).to(D).eval()
+    x = torch.randn(2, 3, 6, 6, dtype=D)
+    r = torch.rand(2, 5, 6, 6, dtype=D)
+    torch.testing.assert_close(_ours(layer, ZPlus(), x, r), _ours(layer, AlphaBeta(1.0, 0.0, bias=False), x, r))
+
+
+# --- networks: input x gradient, conservation ---------------------------------------------------------------
+
+
+class _Plain(nn.Module):
+    """Bias-free: conv-ReLU(inplace)-conv-relu6 (saturating)-maxpool-conv-ReLU-avgpool-flatten-linear."""
+
+    def __init__(self, saturate: bool = True) -> None:
+        super().__init__()
+        self.saturate = saturate
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.c3 = nn.Conv2d(6, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 4 * 4, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu(self.c1(x), inplace=True)
+        x = nn.functional.relu6(self.c2(x) * 20) if self.saturate else torch.relu(self.c2(x))
+        x = nn.functional.max_pool2d(x, 2)
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.c3(x)), 4)
+        return self.fc(x.flatten(1))
+
+
+class _Res(nn.Module):
+    """Bias-free residual network with in-place ReLU modules and ``out += shortcut``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.a = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(6, 6, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6, 4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        out = self.b(self.relu(self.a(x)))
+        out += x
+        return self.fc(self.relu(out).mean(dim=(2, 3)))
+
+
+def _net(cls: type[nn.Module], **kw) -> nn.Module:
+    torch.manual_seed(3)
+    return cls(**kw).to(D).eval()
+
+
+@pytest.mark.parametrize("cls", [_Plain, _Res])
+def test_lrp0_on_a_bias_free_relu_network_is_input_x_gradient(cls: type[nn.Module]) -> None:
+    # (a saturating relu6 passes relevance through where the plain gradient is 0: not compared here)
+    model = _net(cls, saturate=False) if cls is _Plain else _net(cls)
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    ixg = seewhy.get_method("input_x_gradient")(model, x, 1)
+    for comp in ("epsilon", Composite()):
+        a = LRP(composite=comp, epsilon=1e-300, canonizers=None)(model, x, 1)
+        torch.testing.assert_close(a, ixg, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus", "epsilon_alpha2_beta1"])
+def test_relevance_is_conserved_layer_by_layer(composite: str) -> None:
+    model = _net(_Plain)
+    x = torch.randn(3, 3, 8, 8, dtype=D)
+    exp = seewhy.explain(model, x, "lrp", target=2, composite=composite, epsilon=1e-300, canonizers=None)
+    book = exp.extras["relevance_ledger"]
+    assert list(book) == ["output", "fc", "c3", "c2", "c1", "input"]
+    for name, r in book.items():
+        torch.testing.assert_close(r, book["output"], rtol=1e-5, atol=1e-8, msg=f"leak at {name}")
+    # relu6 saturates here (inputs x20): relevance passes through it, unlike the plain gradient
+    ixg = seewhy.get_method("input_x_gradient")(model, x, 2).flatten(1).sum(1)
+    assert not torch.allclose(ixg, book["output"], rtol=1e-3)
+
+
+def test_residual_additions_conserve_relevance() -> None:
+    model = _net(_Res)
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    exp = seewhy.explain(model, x, "lrp", target=0, composite="epsilon", epsilon=1e-300, canonizers=None)
+    book = exp.extras["relevance_ledger"]
+    torch.testing.assert_close(book["input"], book["output"], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(book["stem"], book["output"], rtol=1e-5, atol=1e-8)
+    rows = ledger_table(exp)
+    assert rows[0]["layer"] == "output" and rows[-1]["layer"] == "input"
+    assert rows[-1]["ratio"] == pytest.approx([1.0, 1.0], rel=1e-5)
+
+
+def test_input_rule_elsewhere_than_the_first_layer_is_an_error() -> None:
+    model = _net(_Plain)
+    with pytest.raises(ValueError, match="first layer only"):
+        LRP(composite=Composite(names={"c2": Flat()}), canonizers=None)(model, torch.randn(1, 3, 8, 8, dtype=D), 0)
+
+
+# --- canonizers -----------------------------------------------------------------------------------------------
+
+
+def _with_stats(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+def _bn_head() -> nn.Module:
+    torch.manual_seed(2)
+    return _with_stats(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)))
+
+
+def test_merge_batchnorm_detection_outputs_and_bit_identical_parameters() -> None:
+    from conftest import build
+
+    for model, expected in ((_with_stats(build("tiny_resnet")), ("stem.0", "stem.1")), (_bn_head(), ("6", "7"))):
+        x = torch.randn(2, 3, 32, 32) if expected[0] == "stem.0" else torch.randn(2, 3, 8, 8)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        ref = model(x)
+        pairs = detect_batchnorm_pairs(model, x)
+        assert expected in pairs
+        with canonized(model, x, [MergeBatchNorm()]):
+            got = model(x)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]) and v.dtype == before[k].dtype, k
+        assert count_hooks(model) == 0
+
+
+def test_resnet_pairs_and_lrp_runs_with_and_without_canonizer() -> None:
+    from conftest import build
+
+    model = _with_stats(build("tiny_resnet"))
+    x = torch.randn(2, 3, 32, 32)
+    pairs = detect_batchnorm_pairs(model, x)
+    assert ("layer1.conv2", "layer1.bn2") in pairs and ("layer2.shortcut.0", "layer2.shortcut.1") in pairs
+    for canon in ("auto", None):
+        exp = seewhy.explain(model, x, "lrp", target=1, canonizers=canon)
+        assert torch.isfinite(exp.attributions).all() and exp.attributions.abs().sum() > 0
+
+
+def test_smoothgrad_over_lrp() -> None:
+    from conftest import build
+
+    model = build("tiny_functional_cnn")
+    x = torch.randn(2, 3, 32, 32)
+    a = seewhy.get_method("smoothgrad", base="lrp", n_samples=3, seed=0)(model, x, 1)
+    assert a.shape == x.shape and torch.isfinite(a).all()
+
+
+# --- the pretrained EfficientNet-Lite0 --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from seewhy import zoo
+    from seewhy.images import bundled_image
+
+    try:
+        model = zoo.load("efficientnet_lite0")
+    except Exception as err:  # pragma: no cover - weights not installed
+        pytest.skip(f"efficientnet_lite0 weights unavailable: {err}")
+    x = zoo.get_spec("efficientnet_lite0").preprocess(bundled_image("chelsea"))[None]
+    return model, x
+
+
+@pytest.mark.parametrize("composite", ["auto", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"])
+def test_efficientnet_relevance_stays_near_the_class_score(lite0, composite: str) -> None:
+    model, x = lite0
+    exp = seewhy.explain(model, x, "lrp", target=282, composite=composite)
+    score = float(exp.scores[0])
+    book = exp.extras["relevance_ledger"]
+    assert float(book["output"][0]) == pytest.approx(score, rel=1e-4)
+    r_in = float(book["input"][0])
+    assert all(torch.isfinite(v).all() for v in book.values())
+    assert max(abs(float(v[0])) for v in book.values()) <= 10 * abs(score)  # no blow-up at any layer
+    if composite == "auto":  # gamma + box, BatchNorms unmerged with the pass rule
+        assert 0.1 * abs(score) <= r_in <= 10 * abs(score), (r_in, score)
+    assert "_bn1" in book  # canonizers="auto" keeps this model's BatchNorms (pass rule), see MODEL_DEFAULTS
+    assert "_fc" in book and "_conv_stem" in book and "_blocks.15._project_conv" in book
+    assert len(ledger_table(exp)) == len(book)
+    # the map is not flat noise: the top decile of |relevance| holds much more than a tenth of it
+    a = exp.attributions.sum(1).abs().flatten()
+    assert a.topk(a.numel() // 10).values.sum() > 0.2 * a.sum()
