@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import engine
 from ..core import Call, register
 from ..hooks import replace_output
 from ..targets import Target
@@ -44,7 +45,7 @@ class ScoreCAM(CAMMethod):
     score: str = "logit"
 
     def _score(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        out = model(x)
+        out = engine.forward(model, x, batch_size=x.shape[0])  # inference mode, channels_last where faster
         return target.score(out.softmax(dim=1) if self.score == "probability" else out)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
@@ -54,7 +55,7 @@ class ScoreCAM(CAMMethod):
             raise ValueError("score='probability' needs class targets; use score='logit' with a callable target")
         layers = self._layers(model, inputs, call)
         name = layers[0][0]
-        size = self.batch_size or default_batch_size(inputs)
+        size = self.batch_size or engine.default_batch_size(inputs)
         with torch.no_grad():
             acts, out = forward_layers(model, inputs, layers, grad=False)
             target = call.resolve(out)
