@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import engine
 from ..core import Call, Method, get_method, register
+from ..engine import gaussian_blur  # noqa: F401  (re-exported)
 from ..hooks import rectifier_backward
 from ..targets import Target
 
@@ -127,46 +128,21 @@ def make_baseline(
     inputs: Tensor, baseline: str | float | Tensor, *, sigma: float, generator: torch.Generator | None
 ) -> Tensor:
     """The IG reference input: ``"zeros"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"uniform"`` (noise over
-    each image's value range), a number (constant image) or a tensor broadcastable to ``inputs``."""
-    if isinstance(baseline, Tensor):
-        try:
-            return torch.broadcast_to(baseline.to(inputs), inputs.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(baseline.shape)} does not broadcast to inputs {tuple(inputs.shape)}"
-            ) from None
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(inputs, float(baseline))
-    if baseline == "zeros":
-        return torch.zeros_like(inputs)
-    if baseline == "blur":
-        return gaussian_blur(inputs, sigma)
-    if baseline == "uniform":
+    each image's value range), or anything :func:`seewhy.engine.make_baseline` takes (a number, ``"mean"``,
+    a tensor broadcastable to ``inputs``)."""
+    if isinstance(baseline, str) and baseline == "uniform":
         lo = inputs.amin(dim=(1, 2, 3), keepdim=True)
         hi = inputs.amax(dim=(1, 2, 3), keepdim=True)
         u = torch.rand(inputs.shape[1:], generator=generator, dtype=torch.float64).to(inputs)
         return lo + (hi - lo) * u
-    raise ValueError(f"unknown baseline {baseline!r}; use 'zeros', 'blur', 'uniform', a number or a tensor")
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B,C,H,W) with reflect padding (kernel radius 3 sigma, capped by the image)."""
-    if sigma <= 0:
-        return x.clone()
-    radius = max(1, min(int(3 * sigma + 0.5), min(x.shape[-2:]) - 1))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def _generator(seed: int | None) -> tuple[torch.Generator, int]:
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return torch.Generator().manual_seed(int(seed)), int(seed)
+    try:
+        return engine.make_baseline(inputs, baseline, blur_sigma=sigma)
+    except ValueError as err:
+        if "unknown baseline" in str(err):
+            raise ValueError(
+                f"unknown baseline {baseline!r}; use 'zeros', 'blur', 'uniform', 'mean', a number or a tensor"
+            ) from None
+        raise
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -192,7 +168,7 @@ class IntegratedGradients(GradientMethod):
     seed: int | None = None
 
     def _baseline(self, inputs: Tensor) -> Tensor:
-        gen = _generator(self.seed)[0] if self.baseline == "uniform" else None
+        gen = engine.generator(self.seed)[0] if self.baseline == "uniform" else None
         return make_baseline(inputs, self.baseline, sigma=self.blur_sigma, generator=gen)
 
     def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
@@ -265,7 +241,7 @@ class SmoothGrad(GradientMethod):
         return m
 
     def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return self._smooth(model, x, target, _generator(self.seed)[0])
+        return self._smooth(model, x, target, engine.generator(self.seed)[0])
 
     def _smooth(self, model: nn.Module, x: Tensor, target: Target, gen: torch.Generator) -> Tensor:
         if self.kind not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
@@ -298,7 +274,7 @@ class SmoothGrad(GradientMethod):
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         target = call.ensure_target(model, inputs)
-        gen, call.extras["seed"] = _generator(self.seed)
+        gen, call.extras["seed"] = engine.generator(self.seed)
         return self._smooth(model, inputs, target, gen)
 
 
