@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from common import RESULTS, forward_backward_time, forward_time, photos, timed, write_table
+from common import RESULTS, forward_backward_time, forward_time, setup, timed, write_table
 
 import seewhy
-from seewhy import zoo
 
 GRADIENT_CAMS = ["gradcam", "gradcam_plus_plus", "xgradcam", "hirescam", "layercam", "eigencam", "cam"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-scorecam", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = zoo.load("efficientnet_lite0")
-    x = photos(args.batch)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--skip-scorecam", action="store_true")
+
+    args, model, x, target = setup(__doc__, options)
     b = x.shape[0]
-    target = model(x).argmax(1).detach()
 
     ref = forward_backward_time(model, x, args.repeat)
     fwd = forward_time(model, x, args.repeat)

@@ -9,13 +9,9 @@ Captum's Saliency and IntegratedGradients are timed with the same settings when 
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-from common import RESULTS, forward_backward_time, forward_time, photos, timed, write_table
+from common import RESULTS, forward_backward_time, forward_time, setup, timed, write_table
 
 import seewhy
-from seewhy import zoo
 
 METHODS: dict[str, dict] = {
     "saliency": {},
@@ -28,16 +24,8 @@ METHODS: dict[str, dict] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = zoo.load("efficientnet_lite0")
-    x = photos(args.batch)
+    args, model, x, target = setup(__doc__)
     b = x.shape[0]
-    target = model(x).argmax(1).detach()
 
     ref = forward_backward_time(model, x, args.repeat)
     rows = [

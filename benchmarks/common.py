@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -15,6 +16,24 @@ from seewhy import zoo
 from seewhy.images import BUNDLED, bundled_image
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def setup(
+    doc: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> tuple[argparse.Namespace, torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Parse --batch/--repeat/--threads (plus ``extra`` options), set the thread count, load efficientnet_lite0
+    and the photo batch: returns (args, model, x, top-1 targets)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = zoo.load("efficientnet_lite0")
+    x = photos(args.batch)
+    return args, model, x, model(x).argmax(1).detach()
 
 
 def photos(batch: int, model: str = "efficientnet_lite0") -> torch.Tensor:
