@@ -17,29 +17,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import timed
 
 import seewhy
 from seewhy import zoo
 from seewhy.images import BUNDLED, bundled_image
 from seewhy.methods.surrogate import weighted_least_squares
 from seewhy.segments import superpixels
-
-
-def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    """Minimum wall time of ``fn`` in seconds (the least disturbed run: the machine may be shared)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def best_forward(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, str, Callable[[], float]]:
@@ -54,12 +42,12 @@ def best_forward(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[
                 with torch.inference_mode():
                     model(xb)
 
-            sec = timed(run, max(repeat, 32 // b), warmup=2) / b
+            sec = timed(run, max(repeat, 32 // b), warmup=2, best=True) / b
             if sec < best:
                 best, where, best_run, best_b = sec, f"batch {b}, {fmt_name}", run, b
 
     def again() -> float:
-        return timed(best_run, max(5, 32 // best_b), warmup=1) / best_b
+        return timed(best_run, max(5, 32 // best_b), warmup=1, best=True) / best_b
 
     return best, where, again
 
@@ -113,7 +101,8 @@ def captum_rows(model, x, target, segments, samples, per_image, forward_again, r
             sec, evals, ref = 0.0, 0, min(per_image, forward_again())
             for i in range(x.shape[0]):
                 xi, ti, mi = x[i : i + 1], target[i : i + 1], segments[i : i + 1, None]
-                sec += timed(lambda fn=fn, xi=xi, ti=ti, mi=mi, ppe=ppe: fn(xi, ti, mi, ppe), repeat, warmup=0)
+                sec += timed(lambda fn=fn, xi=xi, ti=ti, mi=mi, ppe=ppe: fn(xi, ti, mi, ppe), repeat,
+                             warmup=0, best=True)
                 evals += n_evals(mi) + 1
             ref = min(ref, forward_again())
             rows.append((f"captum {name} (perturbations_per_eval={ppe})", sec, evals, ref, settings))
@@ -154,7 +143,7 @@ def main() -> None:
         evals = exp.extras["n_evaluations"] + b
         ref = min(per_image, forward_again())
         sec = timed(lambda name=name, params=params: seewhy.explain(model, x, name, target=target, **params),
-                    args.repeat, warmup=0)
+                    args.repeat, warmup=0, best=True)
         ref = min(ref, forward_again())
         shown = {k: ("SLIC(50)" if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
         settings = ", ".join(f"{k}={v}" for k, v in shown.items())

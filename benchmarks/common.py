@@ -42,16 +42,17 @@ def photos(batch: int, model: str = "efficientnet_lite0") -> torch.Tensor:
     return torch.stack([spec.preprocess(bundled_image(BUNDLED[i % len(BUNDLED)])) for i in range(batch)])
 
 
-def timed(fn: Callable[[], object], repeat: int, warmup: bool = True) -> float:
-    """Median wall time of ``fn`` in seconds over ``repeat`` calls, after one warm-up call."""
-    if warmup:
+def timed(fn: Callable[[], object], repeat: int, warmup: int = 1, best: bool = False) -> float:
+    """Wall time of ``fn`` in seconds over ``repeat`` calls after ``warmup`` calls: the median, or with ``best``
+    the minimum (the least disturbed run, on a shared machine)."""
+    for _ in range(int(warmup)):
         fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def forward_backward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> float:

@@ -37,7 +37,7 @@ class MergeBatchNorm:
     ``pairs``: module names in data-flow order: (layer, BatchNorm) for a BatchNorm after its layer,
     (BatchNorm, linear) for a BatchNorm feeding a linear layer; None detects them with one forward pass without
     gradients: a BatchNorm whose input is exactly the output of a conv/linear layer that nothing else uses
-    (or whose output only feeds a linear layer). Detection is cached per model object.
+    (or whose output only feeds a linear layer). Detection is cached per model object and module tree.
     """
 
     pairs: Sequence[tuple[str, str]] | None = None
@@ -78,9 +78,11 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def detect_batchnorm_pairs(model: nn.Module, inputs: Tensor) -> list[tuple[str, str]]:
     """(layer, BatchNorm) name pairs that :class:`MergeBatchNorm` can merge, found by a dry forward."""
-    if model in _CACHE:
-        return list(_CACHE[model])
     modules = dict(model.named_modules())
+    layout = tuple((n, id(m)) for n, m in modules.items())  # a changed module tree invalidates the entry
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == layout:
+        return list(cached[1])
     layers = {id(m.weight): n for n, m in modules.items() if isinstance(m, CONV + LINEAR)}
     bns = {
         id(m.running_mean): n for n, m in modules.items()
@@ -104,7 +106,7 @@ def detect_batchnorm_pairs(model: nn.Module, inputs: Tensor) -> list[tuple[str, 
                 and isinstance(modules[after[0]], LINEAR) and after[0] not in merged):
             pairs.append((bn, after[0]))
             merged.update((after[0], bn))
-    _CACHE[model] = tuple(pairs)
+    _CACHE[model] = (layout, tuple(pairs))
     return pairs
 
 
