@@ -38,15 +38,15 @@ class ScoreCAM(CAMMethod):
     ``score="logit"`` (default) scores the raw model output, as TorchCAM and pytorch-grad-cam do; the paper's
     official code uses the softmax probability of the class, ``score="probability"``. The baseline score only
     shifts every channel of a sample equally, which the softmax ignores; it is kept as in the paper (the increase of
-    confidence). A constant channel gives no mask: it is left out (weight 0), as in the official code; a sample
-    with no usable channel gets an all-zero map. ``extras["weights"]``: the (B,K) weights."""
+    confidence). A constant channel gives no mask: it is left out (weight 0) and never evaluated, as in the official
+    code (pytorch-grad-cam evaluates it on an all-zero image and lets it into the softmax, which rescales the map by
+    a positive factor per sample); a sample with no usable channel gets an all-zero map. Only the usable channels
+    cost a forward pass; after a ReLU most channels of a late layer are often all zero (818 of 1280 at
+    efficientnet_lite0's last layer on chelsea). ``extras["weights"]``: the (B,K) weights;
+    ``extras["evaluations"]``: forward passes per sample (usable channels + 1 baseline)."""
 
     batch_size: int | None = None
     score: str = "logit"
-
-    def _score(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        out = engine.forward(model, x, batch_size=x.shape[0])  # inference mode, channels_last where faster
-        return target.score(out.softmax(dim=1) if self.score == "probability" else out)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         if self.score not in ("logit", "probability"):
@@ -55,34 +55,41 @@ class ScoreCAM(CAMMethod):
             raise ValueError("score='probability' needs class targets; use score='logit' with a callable target")
         layers = self._layers(model, inputs, call)
         name = layers[0][0]
-        size = self.batch_size or engine.default_batch_size(inputs)
         with torch.no_grad():
             acts, out = forward_layers(model, inputs, layers, grad=False)
             target = call.resolve(out)
-            a = self._grid(acts[name], name, inputs)
+            a = self._grid(acts[name], name, inputs).detach()
             b, k, h, w = a.shape
-            flat = a.reshape(b * k, 1, h, w)
-            sample = torch.arange(b).repeat_interleave(k)
-            scores = torch.zeros(b * k, dtype=a.dtype, device=a.device)
+            # a constant channel stays constant when upsampled; a varying one varies (the output grid is at least
+            # as fine as the layer's in practice; a map that flattens out anyway gets an all-zero mask)
             valid = (a.amax(dim=(2, 3)) > a.amin(dim=(2, 3))).reshape(-1)
-            for sl in _chunks(b * k, size):
-                up = F.interpolate(flat[sl], size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+            rows = valid.nonzero().squeeze(1).cpu()  # flat (sample, channel) rows that get a forward
+            flat = a.reshape(b * k, 1, h, w)
+            sample = torch.div(rows, k, rounding_mode="floor")
+
+            def masked(idx: Tensor) -> Tensor:
+                up = F.interpolate(flat[rows[idx].to(a.device)], size=inputs.shape[-2:], mode="bilinear")
                 lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
-                ok = hi > lo
-                mask = torch.where(ok, (up - lo) / torch.where(ok, hi - lo, torch.ones_like(hi)), torch.zeros_like(up))
-                idx = sample[sl].to(inputs.device)
-                scores[sl] = self._score(model, inputs[idx] * mask, target.select(sample[sl])).to(scores)
-                valid[sl] &= ok.reshape(-1)
-            base = torch.cat(
-                [
-                    self._score(model, torch.zeros_like(inputs[sl]), target.select(torch.arange(b)[sl]))
-                    for sl in _chunks(b, size)
-                ]
+                span = hi - lo
+                mask = (up - lo) / torch.where(span > 0, span, torch.ones_like(span))
+                return inputs[sample[idx].to(inputs.device)] * mask
+
+            scores = torch.full((b * k,), float("-inf"), dtype=a.dtype, device=a.device)
+            if len(rows):
+                scores[rows.to(a.device)] = engine.evaluate(
+                    model, masked, sample, target, like=inputs, batch_size=self.batch_size, score=self.score,
+                    desc="score-cam",
+                ).to(scores)
+            base = engine.evaluate(
+                model, lambda idx: torch.zeros_like(inputs[idx.to(inputs.device)]), torch.arange(b), target,
+                like=inputs, batch_size=self.batch_size, score=self.score,
             ).to(scores)
-            cic = (scores.view(b, k) - base[:, None]).masked_fill(~valid.view(b, k), float("-inf"))
+            cic = scores.view(b, k) - base[:, None]
             weights = torch.softmax(cic, dim=1)
             weights = torch.where(valid.view(b, k).any(1, keepdim=True), weights, torch.zeros_like(weights))
+            weights = torch.nan_to_num(weights, nan=0.0)
             call.extras["weights"] = weights
+            call.extras["evaluations"] = valid.view(b, k).sum(1) + 1
             return _weighted_sum(weights, a)
 
 

@@ -249,6 +249,16 @@ def test_scorecam_constant_channel_gives_no_nan() -> None:
     assert torch.isfinite(exp.attributions).all()
     assert (exp.extras["weights"][:, :3] == 0).all()
     torch.testing.assert_close(exp.extras["weights"].sum(1), torch.ones(3, dtype=torch.float64))
+    # constant channels cost no forward: the model sees the 3 inputs once, then k - 3 masked rows and 1 baseline each
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        exp = seewhy.explain(model, _x(), "scorecam", target=1, layer="0.2", batch_size=4)
+    finally:
+        handle.remove()
+    k = exp.extras["weights"].shape[1]
+    assert exp.extras["evaluations"].tolist() == [k - 3 + 1] * 3
+    assert sum(seen) == 3 + 3 * (k - 3 + 1)
     with torch.no_grad():
         conv.weight.zero_()  # every channel constant: an all-zero map, still finite
     assert (_attr(model, _x(), "scorecam", 1, layer="0.2") == 0).all()
