@@ -183,6 +183,7 @@ def write_explain_report(
     out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
     keys = _unique_keys([im.name for im in images])
     names = class_names if class_names is not None else _class_names(runs)
+    tables = [*tables, *(t for run in runs if run.ok for t in _ledger_tables(run, keys))]
     probs = [_softmax(im.output) if im.output is not None else None for im in images]
 
     arrays: dict[str, np.ndarray] = {}
@@ -343,6 +344,32 @@ def _render_method(
         "per_image": per_image,
     }
     return column, method_cells, record
+
+
+def _ledger_tables(run: MethodRun, keys: Sequence[str]) -> list[Table]:
+    """The relevance ledger of an LRP run as a table: the relevance sum entering each layer, output to input,
+    per image, and its ratio to the output relevance (1 where relevance is conserved)."""
+    from .methods.lrp import ledger_table
+
+    per_batch = [ledger_table(exp) for exp in run.explanations if exp.extras.get("relevance_ledger")]
+    if len(per_batch) != len(run.explanations):
+        return []
+    layers = [row["layer"] for row in per_batch[0]]
+    if any([row["layer"] for row in rows] != layers for rows in per_batch):
+        return []
+    columns = ["layer"]
+    for key in keys:
+        columns += [f"{key}: relevance", f"{key}: / output"]
+    body = []
+    for i, layer in enumerate(layers):
+        cells: list[Any] = [layer]
+        for rows in per_batch:
+            for rel, ratio in zip(rows[i]["relevance"], rows[i]["ratio"], strict=True):
+                cells += [rel, ratio]
+        body.append(cells)
+    note = ("sum of relevance entering each layer, from the output (the explained score) to the input; "
+            "a ratio of 1 means relevance is conserved down to that layer")
+    return [Table(f"Relevance ledger: {run.name}", columns, body, note)]
 
 
 def _notes(extras: Mapping[str, float], score: float) -> list[tuple[str, str]]:

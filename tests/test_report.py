@@ -232,3 +232,20 @@ def test_single_image_with_class_names(tmp_path: Path, run_data: dict) -> None:
     assert f"label{target} ({target})" in text
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["images"][0]["top5"][0]["label"].startswith("label")
+
+
+def test_lrp_runs_get_their_relevance_ledger_as_a_table(tmp_path: Path) -> None:
+    spec = zoo.get_spec("tiny_cnn")
+    model = spec.build(False).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    exps = [seewhy.explain(model, x[:2], "lrp"), seewhy.explain(model, x[2:], "lrp")]
+    rows = [ImageRow(f"img{i}", (x[i].permute(1, 2, 0) * 255).to(torch.uint8).numpy()) for i in range(3)]
+    report.write_explain_report(tmp_path, rows, [MethodRun("lrp", exps, [0.1, 0.1])], model={"name": "tiny_cnn"})
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (table,) = [t for t in m["tables"] if t["title"] == "Relevance ledger: lrp"]
+    assert table["columns"][:3] == ["layer", "img0: relevance", "img0: / output"] and len(table["columns"]) == 7
+    book = exps[1].extras["relevance_ledger"]
+    assert [r[0] for r in table["rows"]] == list(book)  # output to input, every layer
+    assert table["rows"][0][2] == pytest.approx(1.0)  # the output relevance is the reference
+    assert table["rows"][-1][5] == pytest.approx(float(book["input"][0]))  # img2 comes from the second batch
+    assert "Relevance ledger: lrp" in (tmp_path / "index.html").read_text(encoding="utf-8")
