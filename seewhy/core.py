@@ -87,10 +87,13 @@ class Method:
 
     Subclasses implement :meth:`attribute` and are registered with :func:`register`. ``kind`` is
     ``"pixel"`` (attributions (B,C,H,W) in input space) or ``"map"`` ((B,1,h,w) at layer resolution).
+    ``in_all`` is False for methods that "all" leaves out and that run only when named: controls that
+    ignore the model, and methods made for one kind of model.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pixel"
+    in_all: ClassVar[bool] = True
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "percentile"}
 
     @property

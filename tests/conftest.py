@@ -38,6 +38,18 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def build_protopnet(trunk_name: str = "tiny_resnet", seed: int = 0) -> torch.nn.Module:
+    """A ProtoPNet (10 classes, 2 prototypes each) on a tiny model cut at its CAM layer: the model the
+    ``protopnet`` method explains (it refuses any other)."""
+    from seewhy.protopnet import ProtoPNet, trunk
+    from seewhy.zoo import get_spec
+
+    net = build(trunk_name, seed)
+    model = ProtoPNet(trunk(net, get_spec(trunk_name).cam_layer), 10, prototypes_per_class=2, prototype_dim=8)
+    model.eval()
+    return model
+
+
 @pytest.fixture(params=sorted(MODEL_CLASSES))
 def any_model(request: pytest.FixtureRequest) -> torch.nn.Module:
     return build(request.param)

@@ -69,3 +69,5 @@ __all__ += [
 from .lrp import LRP, Composite, MergeBatchNorm, ledger_table  # noqa: E402
 
 __all__ += ["Composite", "LRP", "MergeBatchNorm", "ledger_table"]
+
+from .protopnet import ProtoPNetSimilarity  # noqa: E402,F401  (registers "protopnet")

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from .. import engine
 from ..core import Call, register
 from ..hooks import replace_output
-from ..targets import Target
 from .cam import CAMMethod, forward_layers, token_grid
 from .gradient import _chunks, default_batch_size
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_PARAMS, build
+from conftest import FAST_PARAMS, build, build_protopnet
 from torch import nn
 
 import seewhy
@@ -15,6 +15,11 @@ METHODS = seewhy.list_methods()
 
 def _method(name: str, **extra) -> seewhy.Method:
     return seewhy.get_method(name, **{**FAST_PARAMS.get(name, {}), **extra})
+
+
+def _model(name: str, model_name: str) -> nn.Module:
+    """The model method ``name`` explains: for ``protopnet``, a ProtoPNet on the tiny model's trunk."""
+    return build_protopnet(model_name) if name == "protopnet" else build(model_name)
 
 
 def _snapshot(model: nn.Module) -> tuple[dict, dict, dict]:
@@ -38,7 +43,7 @@ def _assert_unchanged(model: nn.Module, snap: tuple[dict, dict, dict]) -> None:
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("model_name", ["tiny_cnn", "tiny_functional_cnn", "tiny_resnet", "tiny_vgg"])
 def test_shape_finite_and_model_untouched(name: str, model_name: str, inputs: torch.Tensor) -> None:
-    model = build(model_name)
+    model = _model(name, model_name)
     model.train()  # the method must run in eval mode and restore the training flags afterwards
     next(model.parameters()).requires_grad_(False)  # a partly frozen model must stay partly frozen
     snap = _snapshot(model)
@@ -61,7 +66,7 @@ def test_shape_finite_and_model_untouched(name: str, model_name: str, inputs: to
 
 @pytest.mark.parametrize("name", METHODS)
 def test_batch_invariance_with_per_sample_targets(name: str, inputs: torch.Tensor) -> None:
-    model = build("tiny_resnet")
+    model = _model(name, "tiny_resnet")
     targets = [1, 7, 3]
     method = _method(name, batch_size=2) if "batch_size" in _method(name).params else _method(name)
     batch = method(model, inputs, targets)
@@ -85,6 +90,10 @@ class _Boom(nn.Module):
 @pytest.mark.parametrize("name", METHODS)
 def test_nothing_left_behind_when_the_model_raises(name: str, inputs: torch.Tensor) -> None:
     model = _Boom()
+    if name == "protopnet":
+        from seewhy.protopnet import ProtoPNet
+
+        model = ProtoPNet(_Boom(), 10, prototypes_per_class=1, prototype_dim=8, feature_channels=32)
     model.train()
     snap = _snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
@@ -95,7 +104,7 @@ def test_nothing_left_behind_when_the_model_raises(name: str, inputs: torch.Tens
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_works_inside_no_grad_and_inference_mode(name: str, context, inputs: torch.Tensor) -> None:
-    model = build("tiny_functional_cnn")
+    model = _model(name, "tiny_functional_cnn")
     expected = _method(name)(model, inputs, 2)
     with context():
         got = _method(name)(model, inputs, 2)
@@ -104,7 +113,7 @@ def test_works_inside_no_grad_and_inference_mode(name: str, context, inputs: tor
 
 @pytest.mark.parametrize("name", METHODS)
 def test_float64_and_deterministic(name: str, inputs: torch.Tensor) -> None:
-    model = build("tiny_cnn").double()
+    model = _model(name, "tiny_cnn").double()
     x = inputs.double()
     a = _method(name)(model, x, 0)
     b = _method(name)(model, x, 0)

@@ -1,0 +1,269 @@
+"""``seewhy protopnet``: train a ProtoPNet on an image folder, explain images with it, show its prototypes.
+
+::
+
+    seewhy protopnet train DATA_DIR --out RUN_DIR [--backbone NAME] [--epochs N] [--warm-epochs N]
+                           [--push-start N] [--push-every N] [--last-layer-epochs N] [--batch-size N]
+                           [--prototypes-per-class N] [--prototype-dim D] [--image-size S] [--val-fraction F]
+                           [--seed N] [--no-augment | --no-flip] [--resume | --overwrite] [--device cpu]
+    seewhy protopnet explain RUN_DIR IMAGE... --out DIR [--target top1|N|NAME] [--top-k K]
+                             [--checkpoint best|last] [--data DATA_DIR] [--overwrite] [--device cpu]
+    seewhy protopnet prototypes RUN_DIR --out DIR [--k K] [--checkpoint best|last] [--data DATA_DIR]
+                                [--overwrite] [--device cpu]
+
+``train`` prints the run directory, ``explain`` and ``prototypes`` the report's ``index.html``, on stdout;
+diagnostics go to stderr. Exit codes as for ``seewhy``: 0 success, 1 nothing to report, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import images, zoo
+from ..report import prepare_out_dir
+
+log = logging.getLogger("seewhy")
+
+__all__ = ["add_parser", "main", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add ``protopnet {train,explain,prototypes}`` to ``subparsers`` (from ``parser.add_subparsers()``);
+    ``common`` is a parent parser for shared options (``-v``/``-q``). Sets ``func=run``."""
+    from .model import BACKBONES
+
+    parents = [common] if common is not None else []
+    top = subparsers.add_parser(
+        "protopnet", help="interpretable prototype networks: train, explain, prototypes",
+        description="ProtoPNet (Chen et al., NeurIPS 2019): a classifier that explains itself with "
+                    "'this part looks like that prototypical part of a training image'.")
+    sub = top.add_subparsers(dest="protopnet_command", metavar="COMMAND", required=True)
+
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+
+    p = sub.add_parser("train", parents=[*parents, device], help="train a ProtoPNet on an image folder",
+                       description="Train a ProtoPNet on DATA_DIR (one sub-folder of images per class). A "
+                                   "validation split chooses the best checkpoint; the run can be resumed.")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="image folder: one sub-folder per class")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for checkpoints and configs")
+    p.add_argument("--backbone", default="efficientnet_lite0", metavar="NAME",
+                   help=f"trunk: {', '.join([*BACKBONES, *zoo.MODELS])} or a model spec 'file.py:factory' "
+                        "(default: efficientnet_lite0, pretrained; small_cnn for small images)")
+    p.add_argument("--trunk-layer", metavar="LAYER", help="cut the backbone after this layer (a name from "
+                   "model.named_modules()); default: its forward_features or CAM layer")
+    p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights")
+    p.add_argument("--image-size", type=_positive_int, metavar="S",
+                   help="input size S x S (default: the backbone's, 224 or 32 for small_cnn)")
+    p.add_argument("--prototypes-per-class", type=_positive_int, default=10, metavar="N")
+    p.add_argument("--prototype-dim", type=_positive_int, default=128, metavar="D")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                   help="fraction of each class held out for validation (default: 0.1)")
+    p.add_argument("--epochs", type=_positive_int, default=30, metavar="N",
+                   help="warm-up + joint epochs (default: 30)")
+    p.add_argument("--warm-epochs", type=_count, default=5, metavar="N")
+    p.add_argument("--push-start", type=_count, default=10, metavar="N")
+    p.add_argument("--push-every", type=_positive_int, default=10, metavar="N")
+    p.add_argument("--last-layer-epochs", type=_count, default=20, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int, default=80, metavar="N")
+    p.add_argument("--lr-features", type=float, default=1e-4, metavar="LR")
+    p.add_argument("--lr-add-on", type=float, default=3e-3, metavar="LR")
+    p.add_argument("--lr-prototypes", type=float, default=3e-3, metavar="LR")
+    p.add_argument("--lr-last-layer", type=float, default=1e-4, metavar="LR")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--no-augment", action="store_true", help="no augmentation")
+    aug.add_argument("--no-flip", action="store_true", help="no left-right flips (digits, text)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR with its saved settings")
+    again.add_argument("--overwrite", action="store_true", help="start over in a non-empty RUN_DIR")
+
+    def report_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `seewhy protopnet train`")
+        q.add_argument("--out", required=True, metavar="DIR", help="output folder for the report")
+        q.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                       help="best (validation, default) or last")
+        q.add_argument("--data", metavar="DATA_DIR",
+                       help="the training image folder, if it moved since training")
+        q.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+    q = sub.add_parser("explain", parents=[*parents, device], help="explain images with a trained ProtoPNet",
+                       description="Explain images: the prototypes that gave each class its points.")
+    report_options(q)
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    q.add_argument("--target", default="top1", metavar="top1|N|NAME",
+                   help="the class to explain: predicted (top1, default), an index or a class name")
+    q.add_argument("--top-k", type=_positive_int, default=10, metavar="K", help="prototypes shown per image")
+
+    q = sub.add_parser("prototypes", parents=[*parents, device], help="every prototype and its nearest patches",
+                       description="The global explanation: each prototype, its source and nearest training patches.")
+    report_options(q)
+    q.add_argument("--k", type=_positive_int, default=5, metavar="K", help="nearest training patches (default: 5)")
+
+    top.set_defaults(func=run)
+    return top
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``seewhy protopnet ...`` command; returns the exit code."""
+    command = args.protopnet_command
+    return {"train": _train, "explain": _explain, "prototypes": _prototypes}[command](args)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
+    return device
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    return ["seewhy", *getattr(args, "argv", sys.argv[1:])]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import Augment
+    from .train import TrainConfig, train_folder
+
+    device = _device(args.device)
+    augment = Augment(0.0, 0.0, 0.0) if args.no_augment else Augment(flip=0.0) if args.no_flip else Augment()
+    config = TrainConfig(
+        epochs=args.epochs, warm_epochs=args.warm_epochs, push_start=args.push_start, push_every=args.push_every,
+        last_layer_epochs=args.last_layer_epochs, batch_size=args.batch_size, lr_features=args.lr_features,
+        lr_add_on=args.lr_add_on, lr_prototypes=args.lr_prototypes, lr_last_layer=args.lr_last_layer,
+        seed=args.seed, augment=augment,
+    )
+    result = train_folder(
+        args.data_dir, args.out, backbone=args.backbone, pretrained=not args.no_pretrained,
+        trunk_layer=args.trunk_layer, image_size=args.image_size, prototypes_per_class=args.prototypes_per_class,
+        prototype_dim=args.prototype_dim, val_fraction=args.val_fraction, config=config, resume=args.resume,
+        overwrite=args.overwrite, device=device,
+    )
+    if result.best is not None:
+        b = result.best
+        log.info("best pushed model: validation accuracy %.4f (epoch %d, %s) in %.1f s; saved as best.pt",
+                 b["val_accuracy"], b["epoch"], b["phase"], result.seconds)
+    print(args.out)  # noqa: T201
+    return 0
+
+
+def _pictures(run_: Any, data_dir: str | None) -> Any:
+    try:
+        return run_.train_set(data_dir)
+    except ValueError as err:
+        log.warning("no pictures of the prototypes' training images: %s", err)
+        return None
+
+
+def _info(run_: Any) -> dict[str, Any]:
+    cfg = run_.config
+    info: dict[str, Any] = {"run": str(run_.run_dir), "checkpoint": f"{run_.checkpoint}.pt"}
+    if cfg.get("backbone"):
+        info["backbone"] = cfg["backbone"].get("name")
+    info["classes"] = ", ".join(run_.model.class_names or map(str, range(run_.model.num_classes)))
+    info["input"] = f"{run_.prep.image_size}x{run_.prep.image_size}, mean {list(run_.prep.mean)}, " \
+                    f"std {list(run_.prep.std)}"
+    if run_.best is not None and run_.checkpoint == "best":
+        info["validation accuracy"] = f"{run_.best['val_accuracy']:.4f} (epoch {run_.best['epoch']}, " \
+                                      f"{run_.best['phase']})"
+    return info
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain_local
+    from .report import LocalRow, write_protopnet_report
+    from .train import load_run
+
+    device = _device(args.device)
+    run_ = load_run(args.run_dir, args.checkpoint, device=device)
+    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
+    loaded, failures = images.load_images(args.images)
+    for path, reason in failures:
+        log.warning("skipping: %s", reason if path in reason else f"{path}: {reason}")
+    if not loaded:
+        log.error("none of the %d input(s) could be used; nothing to explain", len(args.images))
+        return 1
+    s = run_.prep.image_size
+    rows = []
+    for path, img in loaded:
+        crop = np.asarray(images.resize_crop(img, s, s), dtype=np.uint8)
+        x = run_.preprocess(img).unsqueeze(0).to(device)
+        exp = explain_local(run_.model, x, args.target, top_k=args.top_k)[0]
+        rows.append(LocalRow(images.image_name(path), crop, exp, source=path))
+    path = write_protopnet_report(
+        args.out, run_.model, local=rows, train_data=_pictures(run_, args.data), info=_info(run_),
+        failures=failures, title="seewhy protopnet explain", command=_command(args), overwrite=args.overwrite,
+    )
+    print(path)  # noqa: T201
+    return 0
+
+
+def _prototypes(args: argparse.Namespace) -> int:
+    from .explain import explain_global
+    from .report import write_protopnet_report
+    from .train import load_run
+
+    device = _device(args.device)
+    run_ = load_run(args.run_dir, args.checkpoint, device=device)
+    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
+    data = run_.train_set(args.data)
+    if not run_.model.pushed:
+        log.warning("the prototypes of this checkpoint were never pushed: they are not training patches")
+    summaries = explain_global(run_.model, data, run_.prep, args.k, progress=True)
+    path = write_protopnet_report(
+        args.out, run_.model, prototypes=summaries, train_data=data, info=_info(run_),
+        title="seewhy protopnet prototypes", command=_command(args), overwrite=args.overwrite,
+    )
+    print(path)  # noqa: T201
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``seewhy protopnet ...`` with ``argv`` the arguments after ``protopnet``; returns the exit code."""
+    from .. import cli
+
+    return cli.main(["protopnet", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,299 @@
+"""A self-contained HTML report of ProtoPNet explanations ("this looks like that"), plus the same as tables.
+
+:func:`write_protopnet_report` writes into ``out_dir``:
+
+- ``index.html``: local explanations (per input: the class totals, then one row per top prototype: the
+  input with a box around the most similar part, the similarity overlay, the prototype's patch, the
+  training image it comes from with its box, similarity x weight = points) and/or the global view
+  (every prototype: source image, patch, nearest training patches). Images are embedded PNGs, CSS inline.
+- ``explanations.json``: every number shown, plus versions and the run information.
+- ``local.csv`` / ``prototypes.csv``: one row per (input, prototype) / per (prototype, neighbour).
+
+Files go to temporary names and are moved into place (``os.replace``); ``index.html`` is removed first and
+written last, so an interrupted run never leaves a report that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import viz
+from ..report import _atomic, _jsonable, _versions, prepare_out_dir
+from .data import ImageSet
+from .explain import Box, LocalExplanation, PrototypeSummary
+from .model import ProtoPNet
+
+__all__ = ["LocalRow", "write_protopnet_report", "REPORT_FILES"]
+
+REPORT_FILES = ("index.html", "explanations.json", "local.csv", "prototypes.csv")
+BOX_COLOUR = (255, 221, 0)
+
+
+@dataclass(frozen=True)
+class LocalRow:
+    """One explained input: ``image`` uint8 (S, S, 3) as the model saw it (resized and cropped)."""
+
+    name: str
+    image: np.ndarray
+    explanation: LocalExplanation
+    source: str = ""
+
+
+def _enlarge(img: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
+    """Nearest-neighbour upscaling by an integer factor so that the shorter side is >= ``min_side``."""
+    f = max(1, -(-min_side // max(1, min(img.shape[:2]))))
+    return (np.repeat(np.repeat(img, f, 0), f, 1) if f > 1 else img), f
+
+
+def _boxed(img: np.ndarray, box: Box, min_side: int = 160) -> np.ndarray:
+    """The image (enlarged for small inputs) with a rectangle around ``box`` = (y0, y1, x0, x1)."""
+    big, f = _enlarge(np.ascontiguousarray(img), min_side)
+    out = big.copy()
+    y0, y1, x0, x1 = (int(v) * f for v in box)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    t = max(1, round(min(out.shape[:2]) / 80))
+    y1, x1 = min(y1, out.shape[0]), min(x1, out.shape[1])
+    out[y0:min(y0 + t, y1), x0:x1] = BOX_COLOUR
+    out[max(y1 - t, y0):y1, x0:x1] = BOX_COLOUR
+    out[y0:y1, x0:min(x0 + t, x1)] = BOX_COLOUR
+    out[y0:y1, max(x1 - t, x0):x1] = BOX_COLOUR
+    return out
+
+
+def _crop(img: np.ndarray, box: Box, min_side: int = 96) -> np.ndarray:
+    y0, y1, x0, x1 = (int(v) for v in box)
+    patch = img[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
+    return _enlarge(np.ascontiguousarray(patch), min_side)[0]
+
+
+def _overlay(img: np.ndarray, heat: torch.Tensor, min_side: int = 160) -> np.ndarray:
+    big, _ = _enlarge(np.ascontiguousarray(img), min_side)
+    h = heat.detach().double()
+    h = (h - h.min()) / (h.max() - h.min()).clamp(min=1e-12)
+    return viz.overlay(big, h.numpy(), cmap="jet", alpha=0.45)
+
+
+class _Pictures:
+    """Data URIs of the pictures of prototypes' sources, cached (a prototype appears in many rows)."""
+
+    def __init__(self, model: ProtoPNet, data: ImageSet | None) -> None:
+        self.model = model
+        self.data = data
+        self._images: dict[int, np.ndarray] = {}
+        self._uris: dict[tuple[str, int], str | None] = {}
+
+    def image(self, i: int) -> np.ndarray | None:
+        if self.data is None or not 0 <= i < len(self.data):
+            return None
+        if i not in self._images:
+            self._images[i] = self.data.image(i)
+        return self._images[i]
+
+    def source(self, j: int) -> tuple[str | None, str | None]:
+        """(source image with box, prototype patch) of prototype j, or None when unknown."""
+        key = ("src", j)
+        if key not in self._uris:
+            i = int(self.model.prototype_image[j])
+            img = self.image(i)
+            box = tuple(int(v) for v in self.model.prototype_box[j])
+            if img is None or min(box) < 0:
+                self._uris[key] = self._uris[("patch", j)] = None
+            else:
+                self._uris[key] = viz.data_uri(_boxed(img, box))
+                self._uris[("patch", j)] = viz.data_uri(_crop(img, box))
+        return self._uris[key], self._uris[("patch", j)]
+
+    def name(self, i: int) -> str:
+        if self.data is None or not 0 <= i < len(self.data):
+            return "unknown" if i < 0 else f"image {i}"
+        return self.data.names[i]
+
+
+def _label(names: Sequence[str] | None, c: int) -> str:
+    return str(names[c]) if names and 0 <= c < len(names) else f"class {c}"
+
+
+def _local_context(rows: Sequence[LocalRow], model: ProtoPNet, pics: _Pictures) -> list[dict[str, Any]]:
+    out = []
+    names = model.class_names
+    for r in rows:
+        e = r.explanation
+        evidence = []
+        for ev in e.evidence:
+            src, patch = pics.source(ev.prototype)
+            i = int(model.prototype_image[ev.prototype])
+            evidence.append({
+                "prototype": ev.prototype, "label": _label(names, ev.prototype_class),
+                "prototype_class": ev.prototype_class,
+                "boxed": viz.data_uri(_boxed(r.image, ev.box)), "overlay": viz.data_uri(_overlay(r.image, ev.heat)),
+                "patch": patch, "source": src, "source_name": pics.name(i), "similarity": ev.similarity,
+                "distance": ev.distance, "weight": ev.weight, "points": ev.points, "box": list(ev.box),
+                "location": list(ev.location),
+            })
+        out.append({
+            "name": r.name, "source": r.source, "uri": viz.data_uri(_enlarge(r.image, 160)[0]),
+            "target": e.target, "target_label": _label(names, e.target), "predicted": e.predicted,
+            "predicted_label": _label(names, e.predicted), "total": e.total,
+            "shown_points": float(sum(ev.points for ev in e.evidence)),
+            "probability": float(torch.softmax(e.logits.double(), 0)[e.target]),
+            "totals": [{"class": c, "label": lab, "points": v} for c, lab, v in e.class_totals(5)],
+            "evidence": evidence,
+        })
+    return out
+
+
+def _global_context(protos: Sequence[PrototypeSummary], model: ProtoPNet, pics: _Pictures) -> list[dict[str, Any]]:
+    out = []
+    names = model.class_names
+    for s in protos:
+        src, patch = pics.source(s.prototype)
+        neighbours = []
+        for n in s.neighbours:
+            img = pics.image(n.image)
+            neighbours.append({
+                "image": n.image, "name": pics.name(n.image), "label": _label(names, n.label), "class": n.label,
+                "distance": n.distance, "similarity": float(model.similarity(torch.tensor(n.distance))),
+                "location": list(n.location), "box": list(n.box),
+                "patch": viz.data_uri(_crop(img, n.box)) if img is not None else None,
+            })
+        out.append({
+            "prototype": s.prototype, "class": s.prototype_class, "label": _label(names, s.prototype_class),
+            "weight": s.weight, "image": s.image, "image_name": pics.name(s.image), "location": list(s.location),
+            "box": list(s.box), "source": src, "patch": patch, "neighbours": neighbours,
+            "own_class_neighbours": sum(n.label == s.prototype_class for n in s.neighbours),
+        })
+    return out
+
+
+def _strip(items: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A JSON copy without the embedded pictures."""
+    out = []
+    for item in items:
+        d = {k: v for k, v in item.items() if k not in keys}
+        for key in ("evidence", "neighbours"):
+            if key in d:
+                d[key] = [{k: v for k, v in x.items() if k not in keys} for x in d[key]]
+        out.append(d)
+    return out
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def write_protopnet_report(
+    out_dir: str | os.PathLike,
+    model: ProtoPNet,
+    *,
+    local: Sequence[LocalRow] = (),
+    prototypes: Sequence[PrototypeSummary] = (),
+    train_data: ImageSet | None = None,
+    info: Mapping[str, Any] | None = None,
+    failures: Sequence[tuple[str, str]] = (),
+    title: str = "seewhy ProtoPNet report",
+    command: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the report (see the module docstring); returns the path of ``index.html``.
+
+    Args:
+        model: the ProtoPNet explained (prototype sources, class names).
+        local: explained inputs (:func:`seewhy.protopnet.explain_local` results with their pictures).
+        prototypes: the global view (:func:`seewhy.protopnet.explain_global`).
+        train_data: the push set, for the pictures of prototypes' sources and neighbours (None: no pictures).
+        info: run information shown in the header and stored in the JSON (backbone, checkpoint, accuracy...).
+        failures: ``(path, reason)`` of inputs that could not be used.
+
+    Raises:
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        ValueError: nothing to report, or a picture that is not uint8 (S, S, 3).
+    """
+    if not isinstance(model, ProtoPNet):
+        raise TypeError(f"model must be a ProtoPNet, got {type(model).__name__}")
+    if not local and not prototypes:
+        raise ValueError("nothing to report: pass local explanations, prototypes, or both")
+    for r in local:
+        arr = np.asarray(r.image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"image {r.name!r} must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
+    out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
+    pics = _Pictures(model, train_data)
+    local_ctx = _local_context(local, model, pics)
+    global_ctx = _global_context(prototypes, model, pics)
+    created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    versions = _versions()
+    cmd = list(command) if command is not None else list(sys.argv)
+    info = dict(info or {})
+    pictures = ("uri", "boxed", "overlay", "patch", "source")
+    record = {
+        "title": title, "created": created, "command": cmd, "versions": versions, "info": _jsonable(info),
+        "model": _jsonable(model.config()),
+        "local": _jsonable(_strip(local_ctx, pictures)),
+        "prototypes": _jsonable(_strip(global_ctx, pictures)),
+        "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
+    }
+    local_csv = _csv(
+        ["image", "target", "target_label", "rank", "prototype", "prototype_class", "similarity", "distance",
+         "weight", "points", "y0", "y1", "x0", "x1", "total"],
+        [[r["name"], r["target"], r["target_label"], k + 1, e["prototype"], e["prototype_class"], e["similarity"],
+          e["distance"], e["weight"], e["points"], *e["box"], r["total"]]
+         for r in local_ctx for k, e in enumerate(r["evidence"])],
+    )
+    protos_csv = _csv(
+        ["prototype", "class", "label", "weight", "source_image", "source_name", "h", "w", "y0", "y1", "x0", "x1",
+         "rank", "neighbour_image", "neighbour_name", "neighbour_class", "distance"],
+        [[p["prototype"], p["class"], p["label"], p["weight"], p["image"], p["image_name"], *p["location"],
+          *p["box"], k + 1, n["image"], n["name"], n["class"], n["distance"]]
+         for p in global_ctx for k, n in enumerate(p["neighbours"])],
+    )
+    html = _render(title=title, created=created, versions=versions, info=info, cmd=cmd, local=local_ctx,
+                   prototypes=global_ctx, failures=[(str(p), str(r)) for p, r in failures],
+                   n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None)
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "index.html"
+    index.unlink(missing_ok=True)
+    with _atomic(out / "explanations.json") as f:
+        f.write(json.dumps(record, indent=2, allow_nan=False).encode("utf-8"))
+    with _atomic(out / "local.csv") as f:
+        f.write(local_csv)
+    with _atomic(out / "prototypes.csv") as f:
+        f.write(protos_csv)
+    with _atomic(index) as f:
+        f.write(html.encode("utf-8"))
+    return index
+
+
+def _render(**context: Any) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("seewhy", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _fmt
+    env.filters["pct"] = lambda p: f"{100 * p:.1f}%"
+    return env.get_template("protopnet.html").render(**context)

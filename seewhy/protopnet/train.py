@@ -1,0 +1,587 @@
+"""Training ProtoPNet: losses, the warm-up / joint / push / last-layer schedule, checkpoints and runs.
+
+Chen et al., NeurIPS 2019 (defaults from the reference code's settings.py):
+
+    loss = CE + 0.8 Clst - 0.08 Sep + 1e-4 ||W * (1 - identity^T)||_1
+    Clst = mean_i min_{j in class(y_i)} d_min[i, j]      Sep = mean_i min_{j not in class(y_i)} d_min[i, j]
+
+Schedule: epochs ``0 .. warm_epochs-1`` train the add-on layers and prototypes (backbone frozen); later
+epochs train backbone, add-on and prototypes with separate learning rates (StepLR stepped after each
+joint epoch). After epoch ``e >= push_start`` with ``(e - push_start) % push_every == 0``, and always
+after the last epoch, the prototypes are pushed and the last layer alone is trained for
+``last_layer_epochs`` epochs (the trunk in eval mode, so the pushed prototypes stay exact training patches).
+
+A run directory holds ``config.json`` (everything needed to rebuild the model), ``split.json`` (the
+train/validation files, for folder runs), ``last.pt`` (the training state after the latest stage, to
+resume), ``best.pt`` (the pushed model with the best validation accuracy; never chosen on a test set)
+with ``best.json``, and ``history.json``. Checkpoints are state dicts loadable with
+``torch.load(..., weights_only=True)``; every file is written atomically. Randomness (initialisation,
+split, shuffling, augmentation) comes from ``seed``; each stage draws from its own generator, so a
+resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .. import images as _images
+from ..hooks import model_state
+from ..report import _atomic, prepare_out_dir
+from .data import Augment, FolderImages, ImageSet, scan_folder, stratified_split
+from .explain import batches, normalize
+from .model import Preprocessing, ProtoPNet, build_backbone
+from .push import push_prototypes
+
+__all__ = [
+    "Run",
+    "Stage",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_run",
+    "protopnet_loss",
+    "schedule",
+    "train",
+    "train_folder",
+]
+
+log = logging.getLogger("seewhy")
+RUN_FORMAT = 1
+RUN_FILES = ("config.json", "split.json", "last.pt", "best.pt", "best.json", "history.json")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule, optimisers and loss weights (the reference's defaults, except ``epochs``: the reference
+    runs 1000 epochs, i.e. until stopped).
+
+    ``augment`` is applied to training batches only (never to the push set nor to validation).
+    """
+
+    epochs: int = 30
+    warm_epochs: int = 5
+    push_start: int = 10
+    push_every: int = 10
+    last_layer_epochs: int = 20
+    batch_size: int = 80
+    push_batch_size: int = 75
+    eval_batch_size: int = 100
+    lr_features: float = 1e-4
+    lr_add_on: float = 3e-3
+    lr_prototypes: float = 3e-3
+    lr_warm_add_on: float = 3e-3
+    lr_warm_prototypes: float = 3e-3
+    lr_last_layer: float = 1e-4
+    weight_decay: float = 1e-3
+    lr_step: int = 5
+    lr_gamma: float = 0.1
+    cross_entropy: float = 1.0
+    cluster: float = 0.8
+    separation: float = -0.08
+    l1: float = 1e-4
+    percentile: float = 95.0
+    seed: int = 0
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, Mapping):
+            aug = dict(self.augment)
+            if "scale" in aug:
+                aug["scale"] = tuple(aug["scale"])
+            object.__setattr__(self, "augment", Augment(**aug))
+        for key in ("epochs", "batch_size", "push_batch_size", "eval_batch_size", "push_every", "lr_step"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        for key in ("warm_epochs", "push_start", "last_layer_epochs", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["augment"]["scale"] = list(out["augment"]["scale"])
+        return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the schedule: ``phase`` is warm, joint, push or last; ``epoch`` the training epoch it
+    belongs to; ``step`` the last-layer epoch after a push."""
+
+    phase: str
+    epoch: int
+    step: int = 0
+
+    def __str__(self) -> str:
+        if self.phase == "last":
+            return f"epoch {self.epoch} last-layer {self.step + 1}"
+        return f"epoch {self.epoch} {self.phase}"
+
+
+def schedule(config: TrainConfig) -> list[Stage]:
+    """The stages of a run, in order (see the module docstring)."""
+    stages = []
+    for e in range(config.epochs):
+        stages.append(Stage("warm" if e < config.warm_epochs else "joint", e))
+        if (e >= config.push_start and (e - config.push_start) % config.push_every == 0) or e == config.epochs - 1:
+            stages.append(Stage("push", e))
+            stages += [Stage("last", e, i) for i in range(config.last_layer_epochs)]
+    return stages
+
+
+def protopnet_loss(model: ProtoPNet, logits: Tensor, min_distances: Tensor, labels: Tensor,
+                   config: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """``CE + cluster * Clst + separation * Sep + l1 * L1`` (coefficients from ``config``); returns the loss
+    and its terms. The masked minima are taken directly (the reference's ``max_dist - max(...)`` trick
+    is the same while distances stay below D)."""
+    own = model.prototype_class_identity[:, labels].t().bool()  # (B, P)
+    ce = F.cross_entropy(logits, labels)
+    inf = torch.finfo(min_distances.dtype).max
+    clst = min_distances.masked_fill(~own, inf).amin(1).mean()
+    sep = min_distances.masked_fill(own, inf).amin(1).mean()
+    l1 = (model.last_layer.weight * (1 - model.prototype_class_identity.t())).abs().sum()
+    loss = config.cross_entropy * ce + config.cluster * clst + config.separation * sep + config.l1 * l1
+    terms = {k: float(v.detach()) for k, v in (("cross_entropy", ce), ("cluster", clst), ("separation", sep),
+                                                ("l1", l1))}
+    return loss, terms
+
+
+def evaluate(model: nn.Module, data: ImageSet, prep: Preprocessing, *, batch_size: int = 100) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode, no gradients; flags restored)."""
+    if len(data) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+    device = next(model.parameters()).device
+    correct, total_loss = 0, 0.0
+    with torch.inference_mode(False), model_state(model, freeze=False), torch.no_grad():
+        for idx, x in batches(data, None, batch_size):
+            y = data.labels[idx].to(device)
+            logits = model(normalize(x.to(device), prep))
+            correct += int((logits.argmax(1) == y).sum())
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    return {"accuracy": correct / len(data), "loss": total_loss / len(data), "n": len(data)}
+
+
+@dataclass
+class TrainResult:
+    """The history (one record per stage), the best stage and its model state (CPU), the wall time."""
+
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    best_state: dict[str, Tensor] | None
+    seconds: float
+
+
+def _optimizers(model: ProtoPNet, c: TrainConfig) -> dict[str, Any]:
+    add_on = list(model.add_on_layers.parameters())
+    protos = [model.prototype_vectors]
+    warm = torch.optim.Adam([
+        {"params": add_on, "lr": c.lr_warm_add_on, "weight_decay": c.weight_decay},
+        {"params": protos, "lr": c.lr_warm_prototypes},
+    ])
+    joint = torch.optim.Adam([
+        {"params": list(model.features.parameters()), "lr": c.lr_features, "weight_decay": c.weight_decay},
+        {"params": add_on, "lr": c.lr_add_on, "weight_decay": c.weight_decay},
+        {"params": protos, "lr": c.lr_prototypes},
+    ])
+    last = torch.optim.Adam([{"params": list(model.last_layer.parameters()), "lr": c.lr_last_layer}])
+    sched = torch.optim.lr_scheduler.StepLR(joint, step_size=c.lr_step, gamma=c.lr_gamma)
+    return {"warm": warm, "joint": joint, "last": last, "scheduler": sched}
+
+
+def _trainable(model: ProtoPNet, phase: str) -> None:
+    parts = {"warm": ("add_on_layers", "prototype_vectors"),
+             "joint": ("features", "add_on_layers", "prototype_vectors"),
+             "last": ("last_layer",)}[phase]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] in parts)
+
+
+def _epoch(model: ProtoPNet, data: ImageSet, prep: Preprocessing, phase: str, optimizer: torch.optim.Optimizer,
+           config: TrainConfig, generator: torch.Generator, progress: bool, desc: str) -> dict[str, float]:
+    from tqdm import tqdm
+
+    device = model.prototype_vectors.device
+    _trainable(model, phase)
+    model.train()
+    if phase == "last":  # the trunk is frozen: keep its BatchNorm statistics, so pushed patches stay exact
+        model.features.eval()
+        model.add_on_layers.eval()
+    order = torch.randperm(len(data), generator=generator)
+    sums: dict[str, float] = {}
+    correct, n = 0, 0
+    for idx, x in tqdm(batches(data, order, config.batch_size), total=-(-len(data) // config.batch_size), desc=desc,
+                       unit="batch", leave=False, disable=not progress or None):
+        x = normalize(config.augment(x, generator).to(device), prep)
+        y = data.labels[idx].to(device)
+        if phase == "last":
+            with torch.no_grad():
+                _, d = model.prototype_distances(x)
+                min_d = d.flatten(2).amin(2)
+            logits = model.last_layer(model.similarity(min_d))
+        else:
+            logits, min_d = model(x, return_distances=True)
+        loss, terms = protopnet_loss(model, logits, min_d, y, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        b = int(y.shape[0])
+        for k, v in {"loss": float(loss.detach()), **terms}.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        correct += int((logits.detach().argmax(1) == y).sum())
+        n += b
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "accuracy": correct / max(n, 1)}
+
+
+def _stage_generator(seed: int, stage: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + stage * 7919 + 12345) % (2**63))
+
+
+def _save(obj: Any, path: Path) -> None:
+    with _atomic(path) as f:
+        torch.save(obj, f)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    with _atomic(path) as f:
+        f.write(json.dumps(obj, indent=2, allow_nan=True).encode("utf-8"))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {str(path)!r}: {err}") from err
+
+
+def _load(path: Path, device: torch.device | str) -> Any:
+    if not path.is_file():
+        raise ValueError(f"no checkpoint {str(path)!r}")
+    try:
+        return torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as err:  # corrupt or not a state dict
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from err
+
+
+def _better(val: Mapping[str, float], best: Mapping[str, Any] | None) -> bool:
+    if best is None:
+        return True
+    acc, b_acc = val["accuracy"], best["val_accuracy"]
+    if acc != acc:  # no validation split: the latest pushed model
+        return True
+    return acc > b_acc or (acc == b_acc and val["loss"] < best["val_loss"])
+
+
+def train(
+    model: ProtoPNet,
+    train_data: ImageSet,
+    val_data: ImageSet,
+    prep: Preprocessing,
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    record: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    max_stages: int | None = None,
+) -> TrainResult:
+    """Train ``model`` in place through the whole schedule; returns the history and the best pushed state.
+
+    Args:
+        train_data: the training images (also the push set, without augmentation), in [0, 1].
+        val_data: the validation images: the best checkpoint is chosen on them, among pushed models.
+        prep: image size and normalisation of the model's inputs.
+        run_dir: where to write checkpoints (see the module docstring); None keeps everything in memory.
+        resume: continue from ``run_dir/last.pt`` (the configs must match); without it, a ``run_dir`` that
+            already holds checkpoints is refused.
+        record: extra JSON-safe information stored in ``config.json`` (backbone, data).
+        max_stages: stop after this many stages in this call (for tests; resume later).
+
+    The model's ``requires_grad`` flags and training mode are restored at the end.
+    """
+    config = config or TrainConfig()
+    if not isinstance(model, ProtoPNet):
+        raise TypeError(f"train needs a ProtoPNet, got {type(model).__name__}")
+    if len(train_data) == 0:
+        raise ValueError("the training set is empty")
+    if len(val_data) == 0:
+        log.warning("no validation images: the best checkpoint is simply the latest pushed model")
+    stages = schedule(config)
+    opt = _optimizers(model, config)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, Tensor] | None = None
+    start = 0
+    out = Path(run_dir) if run_dir is not None else None
+    run_config = {"seewhy_protopnet_run": RUN_FORMAT, "model": model.config(),
+                  "preprocessing": dataclasses.asdict(prep), "train": config.to_dict(), **dict(record or {})}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and any((out / n).exists() for n in ("last.pt", "best.pt")):
+            raise FileExistsError(f"{str(out)!r} already holds a run (last.pt/best.pt); pass resume=True to continue "
+                                  "it, or choose another run_dir")
+        if resume and (out / "last.pt").is_file():
+            saved = _read_json(out / "config.json") if (out / "config.json").is_file() else None
+            if saved is not None and saved.get("train") != run_config["train"]:
+                diff = sorted(k for k in run_config["train"] if saved.get("train", {}).get(k) != run_config["train"][k])
+                raise ValueError(f"cannot resume {str(out)!r} with other training settings ({', '.join(diff)}); "
+                                 "resume with the saved config.json or start a new run")
+            state = _load(out / "last.pt", model.prototype_vectors.device)
+            model.load_state_dict(state["model"])
+            for key in ("warm", "joint", "last", "scheduler"):
+                opt[key].load_state_dict(state[key])
+            start = int(state["stage"]) + 1
+            history = _read_json(out / "history.json") if (out / "history.json").is_file() else []
+            history = history[:start]
+            if (out / "best.json").is_file() and (out / "best.pt").is_file():
+                best = _read_json(out / "best.json")
+                best_state = _load(out / "best.pt", "cpu")
+            log.info("resuming %s after stage %d/%d (%s)", out, start, len(stages),
+                     stages[start - 1] if start else "start")
+        elif resume:
+            log.warning("nothing to resume in %s (no last.pt): starting from the beginning", out)
+        _write_json(run_config, out / "config.json")
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    t0 = time.perf_counter()
+    try:
+        end = len(stages) if max_stages is None else min(len(stages), start + max_stages)
+        for s in range(start, end):
+            stage = stages[s]
+            g = _stage_generator(config.seed, s)
+            ts = time.perf_counter()
+            desc = f"[{s + 1}/{len(stages)}] {stage}"
+            if stage.phase == "push":
+                res = push_prototypes(model, train_data, prep, batch_size=config.push_batch_size,
+                                      percentile=config.percentile, progress=progress)
+                metrics: dict[str, float] = {"moved": float(res.moved.mean())}
+            else:
+                metrics = _epoch(model, train_data, prep, stage.phase, opt[stage.phase], config, g, progress, desc)
+                if stage.phase == "joint":
+                    opt["scheduler"].step()
+            val = evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
+            entry = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
+                     "train": metrics, "val": val, "seconds": time.perf_counter() - ts}
+            history.append(entry)
+            log.info("%s: train %s; val accuracy %.4f loss %.4f", desc,
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), val["accuracy"], val["loss"])
+            if stage.phase in ("push", "last") and _better(val, best):
+                best = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
+                        "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if out is not None:
+                    _save(best_state, out / "best.pt")
+                    _write_json(best, out / "best.json")
+            if out is not None:
+                state = {"model": model.state_dict(), "stage": s, **{k: opt[k].state_dict() for k in
+                                                                     ("warm", "joint", "last", "scheduler")}}
+                _save(state, out / "last.pt")
+                _write_json(history, out / "history.json")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, flag in modes:
+            m.training = flag
+    return TrainResult(history=history, best=best, best_state=best_state, seconds=time.perf_counter() - t0)
+
+
+# -- runs from an image folder -----------------------------------------------------------------------------
+
+
+def _build(backbone: Mapping[str, Any], model_cfg: Mapping[str, Any], pretrained: bool,
+           features: nn.Module | None = None) -> tuple[ProtoPNet, Preprocessing]:
+    if features is None:
+        if backbone.get("name") is None:
+            raise ValueError("this run was trained with a custom trunk: pass features=<the trunk module> to "
+                             "load_run")
+        features, prep = build_backbone(backbone["name"], pretrained=pretrained, layer=backbone.get("layer"))
+    else:
+        prep = None
+    cfg = dict(model_cfg)
+    model = ProtoPNet(features, cfg.pop("num_classes"), **cfg)
+    return model, prep  # type: ignore[return-value]
+
+
+def train_folder(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    backbone: str = "efficientnet_lite0",
+    pretrained: bool = True,
+    trunk_layer: str | None = None,
+    image_size: int | None = None,
+    prototypes_per_class: int = 10,
+    prototype_dim: int = 128,
+    val_fraction: float = 0.1,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    max_stages: int | None = None,
+) -> TrainResult:
+    """Train a ProtoPNet on an ImageFolder-style directory (one sub-folder of images per class) into ``run_dir``.
+
+    A stratified ``val_fraction`` of each class is held out for validation (seeded by ``config.seed``).
+    With ``resume`` every setting comes from ``run_dir/config.json`` and the split from ``split.json``
+    (the arguments but ``data_dir``, ``device`` and ``progress`` are ignored).
+
+    Raises:
+        ValueError: a bad data directory (missing, empty class folder, unreadable images), bad settings.
+        FileExistsError: ``run_dir`` is not empty and neither ``resume`` nor ``overwrite`` is set.
+    """
+    config = config or TrainConfig()
+    out = Path(run_dir)
+    device = torch.device(device)
+    if resume and (out / "config.json").is_file():
+        saved = _read_json(out / "config.json")
+        if saved.get("seewhy_protopnet_run") != RUN_FORMAT:
+            raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
+        config = TrainConfig(**saved["train"])
+        split = _read_json(out / "split.json")
+        backbone_rec = saved["backbone"]
+        model_cfg = saved["model"]
+        classes = split["classes"]
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()})
+        train_files, train_labels = split["train"]["files"], split["train"]["labels"]
+        val_files, val_labels = split["val"]["files"], split["val"]["labels"]
+        record = {k: saved[k] for k in ("backbone", "data")}
+        record["data"] = {**record["data"], "root": str(Path(data_dir).resolve())}
+    else:
+        if resume:
+            log.warning("nothing to resume in %s (no config.json): starting a new run", out)
+        prepare_out_dir(out, overwrite=overwrite, create=False)
+        classes, files, labels = scan_folder(data_dir)
+        for name in RUN_FILES:  # an overwritten run must not keep the old checkpoints
+            (out / name).unlink(missing_ok=True)
+        keep, held = stratified_split(labels, val_fraction, config.seed)
+        train_files, train_labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+        val_files, val_labels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
+        backbone_rec = {"name": backbone, "pretrained": pretrained, "layer": trunk_layer}
+        model_cfg = None
+        record = {"backbone": backbone_rec,
+                  "data": {"root": str(Path(data_dir).resolve()), "val_fraction": val_fraction,
+                           "classes": classes, "n_train": len(train_files), "n_val": len(val_files)}}
+        split = {"classes": classes, "train": {"files": train_files, "labels": train_labels},
+                 "val": {"files": val_files, "labels": val_labels}}
+        prep = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if model_cfg is None:
+            features, prep = build_backbone(backbone, pretrained=pretrained, layer=trunk_layer)
+            if image_size is not None:
+                prep = dataclasses.replace(prep, image_size=int(image_size))
+            model = ProtoPNet(features, len(classes), prototypes_per_class=prototypes_per_class,
+                              prototype_dim=prototype_dim, class_names=classes)
+        else:  # the weights come from last.pt; without it (stopped in the first stage) start as the run did
+            fresh = not (out / "last.pt").is_file()
+            model, _ = _build(backbone_rec, model_cfg, pretrained=fresh and bool(backbone_rec.get("pretrained")))
+    model.to(device)
+    train_data = FolderImages(data_dir, train_files, train_labels, classes, prep.image_size, progress=progress)
+    val_data = FolderImages(data_dir, val_files, val_labels, classes, prep.image_size, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(split, out / "split.json")
+    return train(model, train_data, val_data, prep, config, run_dir=out, resume=resume, record=record,
+                 progress=progress, max_stages=max_stages)
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its directory: the model (eval mode), its preprocessing and records."""
+
+    model: ProtoPNet
+    prep: Preprocessing
+    config: dict[str, Any]
+    run_dir: Path
+    checkpoint: str
+    best: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+
+    @property
+    def data_root(self) -> Path | None:
+        root = self.config.get("data", {}).get("root")
+        return Path(root) if root else None
+
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """A PIL/uint8 image -> the model's float (3, S, S) input."""
+        s = self.prep.image_size
+        return _images.preprocess(image, resize=s, crop=s, mean=self.prep.mean, std=self.prep.std)
+
+    def train_set(self, data_dir: str | os.PathLike | None = None, *, preload: bool = False) -> FolderImages:
+        """The training split (the push set), read from ``data_dir`` (default: the directory trained on).
+
+        Raises:
+            ValueError: the run has no recorded split, or the data directory or its files are missing.
+        """
+        if self.split is None:
+            raise ValueError(f"run {str(self.run_dir)!r} has no split.json: it was not trained from an image "
+                             "folder, so its training images are unknown")
+        root = Path(data_dir) if data_dir is not None else self.data_root
+        if root is None or not root.is_dir():
+            raise ValueError(f"the training data directory {str(root)!r} of run {str(self.run_dir)!r} is missing; "
+                             "pass the directory it was trained on (--data DIR)")
+        files = self.split["train"]["files"]
+        gone = [f for f in files[:1000] if not (root / f).is_file()]
+        if gone:
+            raise ValueError(f"{len(gone)} training file(s) of the run are missing under {str(root)!r} "
+                             f"(e.g. {gone[0]!r}); pass the directory the run was trained on (--data DIR)")
+        return FolderImages(root, files, self.split["train"]["labels"], self.split["classes"],
+                            self.prep.image_size, preload=preload)
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", *, device: str | torch.device = "cpu",
+             features: nn.Module | None = None) -> Run:
+    """Load a run written by :func:`train_folder` (or :func:`train` with ``run_dir``).
+
+    Args:
+        checkpoint: ``"best"`` (the pushed model with the best validation accuracy) or ``"last"``.
+        features: the trunk module, for runs trained with a custom trunk.
+
+    Raises:
+        ValueError: no run at ``run_dir``, an unknown or missing checkpoint, a checkpoint that does not fit.
+    """
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise ValueError(f"no ProtoPNet run at {str(path)!r}: the folder {what}; train one with "
+                         "`seewhy protopnet train DATA_DIR --out RUN_DIR`")
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    config = _read_json(path / "config.json")
+    if config.get("seewhy_protopnet_run") != RUN_FORMAT:
+        raise ValueError(f"{str(path / 'config.json')!r} is not a seewhy ProtoPNet run config")
+    with torch.random.fork_rng(devices=[]):
+        model, prep = _build(config.get("backbone") or {}, config["model"], pretrained=False, features=features)
+    saved_prep = config.get("preprocessing")
+    if saved_prep:
+        prep = Preprocessing(int(saved_prep["image_size"]), tuple(saved_prep["mean"]), tuple(saved_prep["std"]))
+    file = path / f"{checkpoint}.pt"
+    if not file.is_file():
+        raise ValueError(f"run {str(path)!r} has no {checkpoint}.pt yet (a run saves best.pt after its first push); "
+                         "use --checkpoint last or train longer")
+    state = _load(file, "cpu")
+    if checkpoint == "last":
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(file)!r} does not fit the model in config.json: {err}") from err
+    model.to(device).eval()
+    best = _read_json(path / "best.json") if (path / "best.json").is_file() else None
+    split = _read_json(path / "split.json") if (path / "split.json").is_file() else None
+    return Run(model=model, prep=prep, config=config, run_dir=path, checkpoint=checkpoint, best=best, split=split)
+
