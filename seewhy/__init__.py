@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import methods  # noqa: F401  (registers the methods)
+from . import (
+    methods,  # noqa: F401  (registers the methods)
+    metrics,  # noqa: F401  (registers the metrics and the control "explanations")
+)
 from .core import Explanation, Method, explain, get_method, list_methods, register
 from .targets import Target, make_target
 
