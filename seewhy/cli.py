@@ -6,7 +6,13 @@
                    [--layer NAME] [--batch-size N] [--set METHOD.PARAM=VALUE ...] [--seed N]
                    --out DIR [--overwrite] [--device cpu|cuda[:i]]
     seewhy demo --out DIR [--overwrite] [--method ...]     # bundled photos, efficientnet_lite0
+    seewhy evaluate IMAGE... --model NAME|SPEC [--method m1,m2] [--metric x,y] [--masks PNG... | --boxes FILE]
+                   [--labels FILE] [--no-controls] [--grid-images N] [--set NAME.PARAM=VALUE ...] --out DIR
+    seewhy protopnet train DATA_DIR --out RUN_DIR [--backbone NAME] [--epochs N] ...
+    seewhy protopnet explain RUN_DIR IMAGE... --out DIR [--target top1|N|NAME] [--top-k K]
+    seewhy protopnet prototypes RUN_DIR --out DIR [--k K]
     seewhy methods                                         # registered methods
+    seewhy metrics                                         # registered metrics
     seewhy models                                          # zoo models
 
 Exit codes: 0 success (some inputs may have been skipped, see stderr and the report), 1 nothing to
@@ -78,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods = ", ".join(METHODS)
     run = argparse.ArgumentParser(add_help=False, parents=[common])
     run.add_argument("--method", action="append", metavar="M1,M2",
-                     help=f"methods to run, comma-separated or repeated (default: all). Registered: {methods}")
+                     help="methods to run, comma-separated or repeated (default: all, which leaves out the controls "
+                          f"and model-specific methods such as protopnet: name those). Registered: {methods}")
     run.add_argument("--target", default="top1", metavar="top1|N|NAME",
                      help="what to explain: the predicted class (top1, default), a class index or a class name")
     run.add_argument("--layer", metavar="NAME",
@@ -112,10 +119,44 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"{m}.{k}={v}" for m, kv in DEMO_SETTINGS.items() for k, v in kv.items()))
     p.set_defaults(func=_cmd_demo)
 
+    from .evaluate import DEFAULT_METRICS
+    from .metrics import list_metrics
+
+    p = sub.add_parser("evaluate", parents=[run], help="score explanation methods with evaluation metrics",
+                       description="Explain image files with each method (and two controls that ignore the "
+                                   "model), score every explanation with the metrics, and write an HTML report "
+                                   "with a leaderboard, curves, the cascading-randomization grid, and the numbers "
+                                   "as results.csv / results.json. --set takes METHOD.PARAM or METRIC.PARAM.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", required=True, metavar="NAME|SPEC", help="as for seewhy explain")
+    p.add_argument("--weights", metavar="FILE", help="a state-dict file to load into the model")
+    p.add_argument("--metric", action="append", metavar="M1,M2",
+                   help=f"metrics, comma-separated or repeated (default: {','.join(DEFAULT_METRICS)}; 'all' for "
+                        f"every one that the inputs allow). Registered: {', '.join(list_metrics())}")
+    masks = p.add_mutually_exclusive_group()
+    masks.add_argument("--masks", nargs="+", metavar="PNG",
+                       help="object masks for the localization metrics, one PNG per image in the same order")
+    masks.add_argument("--boxes", metavar="FILE",
+                       help="object boxes for the localization metrics: JSON or CSV keyed by image file name")
+    p.add_argument("--labels", metavar="FILE",
+                   help="true classes (JSON {file name: class index or name}, or CSV with columns image,label): "
+                        "misclassified images get the maps of the predicted and the true class side by side")
+    p.add_argument("--no-controls", action="store_true",
+                   help="leave out the random and edge-detector controls")
+    p.add_argument("--grid-images", type=_positive_int, default=1, metavar="N",
+                   help="images shown in the randomization grid (default: 1)")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("methods", parents=[common], help="list the registered attribution methods")
     p.set_defaults(func=_cmd_methods)
+    p = sub.add_parser("metrics", parents=[common], help="list the registered evaluation metrics")
+    p.set_defaults(func=_cmd_metrics)
     p = sub.add_parser("models", parents=[common], help="list the zoo models")
     p.set_defaults(func=_cmd_models)
+
+    from .protopnet import cli as protopnet_cli
+
+    protopnet_cli.add_parser(sub, common)
     return parser
 
 
@@ -179,6 +220,17 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import METRICS
+
+    width = max(map(len, METRICS), default=0)
+    for name in sorted(METRICS):
+        spec = METRICS[name]
+        arrow = {True: "higher", False: "lower", None: "-"}[spec.higher_is_better]
+        print(f"{name:<{width}}  {spec.family:<12}  {arrow:<6}  {_summary(spec.fn)}")
+    return 0
+
+
 def _summary(cls: type, limit: int = 100) -> str:
     """The first paragraph of a docstring on one line (the summary often wraps), shortened to ``limit``."""
     doc = inspect.getdoc(cls) or ""
@@ -230,6 +282,148 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 notes=notes)
 
 
+EVALUATE_METHODS = ("saliency", "integrated_gradients", "guided_backprop", "gradcam", "lrp")
+# lighter than the defaults for the metrics that cost many forwards per image (override with --set)
+EVALUATE_SETTINGS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": 16}}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import DEFAULT_METRICS, evaluate
+    from .evaluation_report import write_evaluation_report
+    from .metrics import METRICS, get_metric, list_metrics
+    from .metrics.localization import boxes_to_masks, load_boxes, load_masks
+
+    metric_sets = [item for item in args.sets if _parse_set(item)[0] in METRICS]
+    args.sets = [item for item in args.sets if item not in metric_sets]
+    if args.method is None:
+        args.method = [",".join(m for m in EVALUATE_METHODS if m in METHODS)]
+    methods, params = _plan(args, defaults=EVALUATE_SETTINGS)
+    have_masks = bool(args.masks or args.boxes)
+    names = [n.strip() for v in args.metric or [",".join(DEFAULT_METRICS)] for n in v.split(",") if n.strip()]
+    if "all" in names:
+        names = [m for m in list_metrics() if have_masks or "mask" not in get_metric(m).needs]
+    metrics = list(dict.fromkeys(names))
+    for m in metrics:
+        get_metric(m)  # unknown metric: the registered names
+    need_masks = [m for m in metrics if "mask" in get_metric(m).needs]
+    if need_masks and not have_masks:
+        raise UsageError(f"metrics {', '.join(need_masks)} need object masks: give --masks or --boxes")
+    metric_params: dict[str, dict[str, Any]] = {}
+    for item in metric_sets:
+        m, key, value = _parse_set(item)
+        if m not in metrics:
+            raise UsageError(f"--set {item}: {m!r} is not among the metrics of this run ({', '.join(metrics)})")
+        metric_params.setdefault(m, {})[key] = value
+    if args.masks and len(args.masks) != len(args.images):
+        raise UsageError(f"got {len(args.masks)} masks for {len(args.images)} images; give one mask per image")
+
+    report.prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
+    device = _device(args.device)
+    model, spec = zoo.load_model(args.model, args.weights)
+    model = model.to(device)
+    class_names = getattr(model, "class_names", None)
+    make_target(args.target, 1, class_names)
+    _layers(args, model, spec, methods, params)
+    loaded, failures = images.load_images(args.images)
+    for path, reason in failures:
+        log.warning("skipping: %s", reason if path in reason else f"{path}: {reason}")
+    named = [(images.image_name(path), path, img) for path, img in loaded]
+    rows, inputs, failed = _prepare(named, spec)
+    failures = [*failures, *failed]
+    if not rows:
+        log.error("none of the %d input(s) could be used; nothing to evaluate", len(args.images))
+        return 1
+    used = {r.source for r in rows}
+    kept = [(path, img) for path, img in loaded if str(path) in used]
+    x = torch.stack(inputs).to(device)
+    size = tuple(x.shape[-2:])
+    masks = None
+    if args.masks:
+        by_image = dict(zip(args.images, args.masks, strict=True))
+        masks = load_masks([by_image[str(p)] for p, _ in kept], size, resize=spec.resize)
+    elif args.boxes:
+        boxes = load_boxes(args.boxes)
+        missing = [str(p) for p, _ in kept if _key(p, boxes) is None]
+        if missing:
+            log.warning("no boxes for %s: their localization scores are left out (empty masks)", ", ".join(missing))
+        found = [boxes.get(_key(p, boxes) or "", []) for p, _ in kept]
+        masks = boxes_to_masks(found, size, image_size=[img.size for _, img in kept], resize=spec.resize)
+    labels = _labels(args.labels, [p for p, _ in kept], class_names) if args.labels else None
+
+    output = _predict(model, _batches(inputs, args.batch_size, device), args.target, class_names)
+    if output is not None:
+        rows = [dataclasses.replace(r, output=output[i]) for i, r in enumerate(rows)]
+    result = evaluate(model, x, methods, metrics, target=args.target,
+                      method_params=params, metric_params=metric_params, masks=masks, labels=labels,
+                      controls=not args.no_controls, batch_size=args.batch_size, seed=args.seed)
+    if not result.explanations:
+        log.error("every method failed; no report written")
+        return 1
+    path = write_evaluation_report(
+        args.out, rows, result, model={"name": spec.name, "description": spec.description, "spec": args.model,
+                                       "weights": args.weights or ("pretrained" if spec.has_weights else "none")},
+        target=args.target, class_names=class_names, grid_images=args.grid_images,
+        preprocessing={"resize": spec.resize, "crop": spec.crop, "mean": list(spec.mean), "std": list(spec.std)},
+        failures=failures, settings={"device": str(device), "batch_size": args.batch_size, "seed": args.seed,
+                                     "metric_settings": metric_params},
+        command=["seewhy", *args.argv], overwrite=args.overwrite,
+    )
+    log.info("%d image(s) x %d method(s) x %d metric(s); %d input(s) skipped", len(rows), len(result.explanations),
+             len(metrics), len(failures))
+    print(path)
+    return 0
+
+
+def _key(path: Any, table: dict[str, Any]) -> str | None:
+    """The entry of a per-image table (boxes, labels) for an image file: by the path as given, else its name."""
+    from pathlib import Path
+
+    for k in (str(path), Path(path).name):
+        if k in table:
+            return k
+    return None
+
+
+def _labels(file: str, paths: Sequence[Any], class_names: Sequence[str] | None) -> list[int]:
+    """True classes for ``paths`` from a JSON {image: class} or a CSV with columns image,label."""
+    import csv
+    import json
+    from pathlib import Path
+
+    p = Path(file)
+    if not p.is_file():
+        raise UsageError(f"labels file not found: {p}")
+    if p.suffix.lower() == ".json":
+        try:
+            table = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"{p} is not valid JSON: {err}") from None
+        if not isinstance(table, dict):
+            raise UsageError(f"{p}: expected a JSON object {{image file name: class}}")
+    elif p.suffix.lower() == ".csv":
+        with p.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
+                raise UsageError(f"{p}: the CSV needs a header with columns image,label")
+            table = {row["image"].strip(): row["label"].strip() for row in reader}
+    else:
+        raise UsageError(f"unsupported labels file {p}: use .json or .csv")
+    out = []
+    for path in paths:
+        k = _key(path, table)
+        if k is None:
+            raise UsageError(f"{p} has no label for {path}; give a label for every image")
+        value = table[k]
+        try:
+            out.append(int(value))
+        except (TypeError, ValueError):
+            t = make_target(str(value), 1, class_names)
+            if t.indices is None:
+                raise UsageError(f"{p}: label {value!r} of {path} is not a class index or name") from None
+            out.append(int(t.indices[0]))
+    return out
+
+
 # -- wiring --------------------------------------------------------------------------------------------
 
 
@@ -258,11 +452,14 @@ def _plan(args: argparse.Namespace, defaults: dict[str, dict[str, Any]] | None =
 
 
 def _methods(values: Sequence[str] | None) -> list[str]:
-    names = [n.strip() for v in values or ["all"] for n in v.split(",") if n.strip()]
-    if not names or "all" in names:
-        return list(METHODS)
+    """The named methods; "all" (the default) stands for every method whose ``in_all`` is set (not the
+    controls, not the model-specific methods such as protopnet: name those)."""
+    names = [n.strip() for v in values or ["all"] for n in v.split(",") if n.strip()] or ["all"]
     out: list[str] = []
     for n in names:
+        if n == "all":
+            out.extend(m for m, cls in METHODS.items() if cls.in_all and m not in out)
+            continue
         if n not in METHODS:
             get_method(n)  # raises ValueError: unknown method, did you mean ..., registered: ...
         if n not in out:

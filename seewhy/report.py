@@ -95,6 +95,15 @@ class Table:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A picture for the report (a plot, a grid of maps): uint8 (H,W,3), embedded as PNG with a caption."""
+
+    title: str
+    image: np.ndarray
+    caption: str = ""
+
+
 @dataclass
 class _Prediction:
     index: int
@@ -153,6 +162,8 @@ def write_explain_report(
     class_names: Sequence[str] | None = None,
     settings: Mapping[str, Any] | None = None,
     tables: Sequence[Table] = (),
+    figures: Sequence[Figure] = (),
+    files: Mapping[str, bytes] | None = None,
     command: Sequence[str] | None = None,
     title: str = "seewhy report",
     overwrite: bool = False,
@@ -170,6 +181,9 @@ def write_explain_report(
         class_names: labels for the model's classes (default: those carried by the explanations).
         settings: other run settings for the record (device, batch size, seed, ...).
         tables: extra tables (metrics) shown below the images and stored in the manifest.
+        figures: pictures (plots, grids of maps) shown after the tables.
+        files: more files to write next to the report, ``{name: content}`` (e.g. ``results.csv``), atomically
+            and before ``index.html``; listed in the manifest.
         command: the command line (default ``sys.argv``).
         overwrite: replace a report in a non-empty ``out_dir``.
 
@@ -180,6 +194,9 @@ def write_explain_report(
     if "name" not in model:
         raise ValueError("model must hold at least a 'name' entry, e.g. {'name': 'efficientnet_lite0'}")
     _check_runs(images, runs)
+    for name in files or {}:
+        if Path(name).name != name or name in ("index.html", "manifest.json", "attributions.npz"):
+            raise ValueError(f"extra file name {name!r} must be a plain file name other than the report's own")
     out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
     keys = _unique_keys([im.name for im in images])
     names = class_names if class_names is not None else _class_names(runs)
@@ -230,6 +247,8 @@ def write_explain_report(
         "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
         "tables": [_jsonable({"title": t.title, "columns": t.columns, "rows": t.rows, "note": t.note})
                    for t in tables],
+        "figures": [{"title": f.title, "caption": f.caption} for f in figures],
+        "files": sorted(files or {}),
         "attributions": {
             "file": "attributions.npz",
             "key": "<method>/<image key>",
@@ -254,12 +273,16 @@ def write_explain_report(
         failures=[(str(p), str(r)) for p, r in failures],
         method_failures=[(r.name, r.error or "no result") for r in runs if not r.ok],
         tables=list(tables),
+        figures=[{"title": f.title, "caption": f.caption, "uri": _data_uri(f.image)} for f in figures],
         legends=_legends(columns),
     )
 
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
     index.unlink(missing_ok=True)  # the old report must not look complete next to new data
+    for name, content in (files or {}).items():
+        with _atomic(out / name) as f:
+            f.write(content)
     with _atomic(out / "attributions.npz") as f:
         np.savez(f, **arrays)
     with _atomic(out / "manifest.json") as f:
@@ -320,7 +343,8 @@ def _render_method(
             label = _target_label(exp, j, names)
             overlay = viz.overlay(images[i + j].image, heat[j], signed=signed)
             method_cells.append(_Cell(_data_uri(overlay), label, score, prob, _notes(extras, score)))
-            per_image[key] = {"target": target, "label": label, "score": score, "prob": prob, **extras}
+            per_image[key] = {"target": target, "label": label, "score": score, "prob": prob,
+                              **{k: None if math.isnan(v) else v for k, v in extras.items()}}
         i += n
     total = float(sum(run.seconds))
     column = {
@@ -448,7 +472,7 @@ def _fmt_setting(v: Any) -> str:
 
 
 def _fmt_num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
+    return "-" if x is None else "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.4g}"
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "explanation_html",
     "grid",
     "heat_to_image",
+    "line_plot",
     "overlay",
     "png_bytes",
     "save_png",
@@ -274,6 +275,36 @@ def _pil_any(image: np.ndarray | Image.Image) -> Image.Image:
     if arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
         return Image.fromarray(np.ascontiguousarray(arr))
     return to_pil(arr)  # floats in [0, 1] and the errors that name what is wrong
+
+
+def line_plot(x: Sequence[float] | np.ndarray | Tensor, series: dict[str, Any], *, title: str = "",
+              xlabel: str = "", ylabel: str = "", bands: dict[str, Any] | None = None,
+              size: tuple[float, float] = (5.0, 3.4), dpi: int = 110) -> np.ndarray:
+    """A line chart (one line per entry of ``series``, optional +- ``bands``) as a uint8 (H,W,3) image, drawn
+    with matplotlib's Agg canvas (no display, no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = _as_numpy(x).astype(float)
+    for label, ys in series.items():
+        y = _as_numpy(ys).astype(float)
+        (line,) = ax.plot(xs, y, label=label, linewidth=1.6)
+        if bands and label in bands:
+            spread = _as_numpy(bands[label]).astype(float)
+            ax.fill_between(xs, y - spread, y + spread, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -211,3 +211,56 @@ def test_full_demo(tmp_path: Path) -> None:
     assert not errors, errors
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count('<td class="cell"') == 4 * len(expected)
+
+
+def _evaluate(images: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["evaluate", *map(str, images), "--model", "tiny_cnn", "--out", str(out), "--method", "saliency,gradcam",
+            "--set", "deletion_auc.n_steps=4", *extra]
+
+
+def test_evaluate_writes_leaderboard_and_numbers(pictures: list[Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    masks = []
+    for i in range(2):
+        m = np.zeros((32, 32), np.uint8)
+        m[8:24, 8 + i : 24] = 255
+        masks.append(tmp_path / f"mask{i}.png")
+        Image.fromarray(m).save(masks[-1])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\nred.png,3\nblue.png,4\n")
+    out = tmp_path / "ev"
+    args = _evaluate(pictures[:2], out, "--metric", "deletion_auc,sparseness,pointing_game,model_randomization",
+                     "--masks", *map(str, masks), "--labels", str(labels))
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out / "index.html")
+    assert "deletion_auc: 5 forward passes per image and method" in captured.err  # the cost, up front
+    lines = (out / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 * 4 * 2  # (2 methods + 2 controls) x 4 metrics x 2 images
+    data = json.loads((out / "results.json").read_text())
+    assert data["metrics"]["deletion_auc"]["forwards_per_image"] == 5
+    assert data["results"]["saliency"]["deletion_auc"]["protocol"]["n_steps"] == 4
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "<h2>Leaderboard</h2>" in html and "Sanity check: cascading randomization" in html
+
+
+def test_evaluate_usage_errors(pictures: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ev"
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "pointing_game")) == 2
+    assert "need object masks" in capsys.readouterr().err
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "no_such_metric")) == 2
+    assert "unknown metric" in capsys.readouterr().err
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "pointing_game,deletion_auc", "--masks",
+                                   str(pictures[0]))) == 2
+    assert "1 masks for 2 images" in capsys.readouterr().err
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "deletion_auc", "--set", "insertion_auc.n_steps=4")) == 2
+    assert "not among the metrics" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_metrics_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from seewhy.metrics import list_metrics
+
+    assert cli.main(["metrics"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list_metrics()
