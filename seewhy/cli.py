@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, images, report, zoo
+from .argtypes import positive_int
 from .core import METHODS, explain, get_method
 from .layers import resolve_layer
 from .targets import make_target
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layer", metavar="NAME",
                      help="layer for the methods that take one (a name from model.named_modules(); "
                           "default: the model's CAM layer)")
-    run.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+    run.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                      help="images per explain() call (default: 16)")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE", dest="sets",
                      help="a method hyperparameter, e.g. integrated_gradients.n_steps=20 (repeatable; "
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "misclassified images get the maps of the predicted and the true class side by side")
     p.add_argument("--no-controls", action="store_true",
                    help="leave out the random and edge-detector controls")
-    p.add_argument("--grid-images", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--grid-images", type=positive_int, default=1, metavar="N",
                    help="images shown in the randomization grid (default: 1)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -158,16 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     protopnet_cli.add_parser(sub, common)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 # -- entry point ---------------------------------------------------------------------------------------

@@ -410,7 +410,9 @@ def _notes(extras: Mapping[str, float], score: float) -> list[tuple[str, str]]:
     return notes
 
 
-def _render_html(**context: Any) -> str:
+def template_env() -> Any:
+    """The jinja2 environment of seewhy's report templates (autoescaped, strict), with the ``num`` (4
+    significant digits, "-" for None, "n/a" for NaN) and ``pct`` filters."""
     import jinja2
 
     env = jinja2.Environment(
@@ -422,6 +424,11 @@ def _render_html(**context: Any) -> str:
     )
     env.filters["num"] = _fmt_num
     env.filters["pct"] = lambda p: f"{100 * p:.1f}%"
+    return env
+
+
+def _render_html(**context: Any) -> str:
+    env = template_env()
     env.filters["value"] = _fmt_value
     env.filters["setting"] = _fmt_setting
     env.filters["secs"] = lambda x: f"{x:.3f}" if x < 0.1 else f"{x:.2f}" if x < 10 else f"{x:.1f}"

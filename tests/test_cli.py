@@ -205,7 +205,8 @@ def test_full_demo(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    expected = [name for name in list_methods() if name not in cli.DEMO_SKIP]
+    expected = [name for name in list_methods() if METHODS[name].in_all and name not in cli.DEMO_SKIP]
+    assert "protopnet" not in expected and "random_attribution" not in expected  # named only
     assert [x["name"] for x in m["methods"]] == expected
     errors = {x["name"]: x["error"] for x in m["methods"] if "error" in x}
     assert not errors, errors
@@ -264,3 +265,17 @@ def test_metrics_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["metrics"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == list_metrics()
+
+
+def test_all_leaves_out_controls_and_model_specific_methods() -> None:
+    everything = cli._methods(None)
+    assert everything == [m for m, cls in METHODS.items() if cls.in_all]
+    assert not {"protopnet", "random_attribution", "edge_detector"} & set(everything)
+    assert cli._methods(["all,protopnet"]) == [*everything, "protopnet"]
+    assert cli._methods(["edge_detector", "saliency,edge_detector"]) == ["edge_detector", "saliency"]
+
+
+def test_protopnet_subcommand_is_wired(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["protopnet", "train", "--help"]) == 0
+    assert "DATA_DIR" in capsys.readouterr().out
+    assert cli.main(["protopnet", "explain", "no_such_run", "x.png", "--out", "o"]) == 2

@@ -26,41 +26,12 @@ import numpy as np
 import torch
 
 from .. import images, zoo
+from ..argtypes import count, fraction, positive_int
 from ..report import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
 __all__ = ["add_parser", "main", "run"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -89,19 +60,19 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     p.add_argument("--trunk-layer", metavar="LAYER", help="cut the backbone after this layer (a name from "
                    "model.named_modules()); default: its forward_features or CAM layer")
     p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights")
-    p.add_argument("--image-size", type=_positive_int, metavar="S",
+    p.add_argument("--image-size", type=positive_int, metavar="S",
                    help="input size S x S (default: the backbone's, 224 or 32 for small_cnn)")
-    p.add_argument("--prototypes-per-class", type=_positive_int, default=10, metavar="N")
-    p.add_argument("--prototype-dim", type=_positive_int, default=128, metavar="D")
-    p.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+    p.add_argument("--prototypes-per-class", type=positive_int, default=10, metavar="N")
+    p.add_argument("--prototype-dim", type=positive_int, default=128, metavar="D")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                    help="fraction of each class held out for validation (default: 0.1)")
-    p.add_argument("--epochs", type=_positive_int, default=30, metavar="N",
+    p.add_argument("--epochs", type=positive_int, default=30, metavar="N",
                    help="warm-up + joint epochs (default: 30)")
-    p.add_argument("--warm-epochs", type=_count, default=5, metavar="N")
-    p.add_argument("--push-start", type=_count, default=10, metavar="N")
-    p.add_argument("--push-every", type=_positive_int, default=10, metavar="N")
-    p.add_argument("--last-layer-epochs", type=_count, default=20, metavar="N")
-    p.add_argument("--batch-size", type=_positive_int, default=80, metavar="N")
+    p.add_argument("--warm-epochs", type=count, default=5, metavar="N")
+    p.add_argument("--push-start", type=count, default=10, metavar="N")
+    p.add_argument("--push-every", type=positive_int, default=10, metavar="N")
+    p.add_argument("--last-layer-epochs", type=count, default=20, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=80, metavar="N")
     p.add_argument("--lr-features", type=float, default=1e-4, metavar="LR")
     p.add_argument("--lr-add-on", type=float, default=3e-3, metavar="LR")
     p.add_argument("--lr-prototypes", type=float, default=3e-3, metavar="LR")
@@ -129,12 +100,12 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     q.add_argument("--target", default="top1", metavar="top1|N|NAME",
                    help="the class to explain: predicted (top1, default), an index or a class name")
-    q.add_argument("--top-k", type=_positive_int, default=10, metavar="K", help="prototypes shown per image")
+    q.add_argument("--top-k", type=positive_int, default=10, metavar="K", help="prototypes shown per image")
 
     q = sub.add_parser("prototypes", parents=[*parents, device], help="every prototype and its nearest patches",
                        description="The global explanation: each prototype, its source and nearest training patches.")
     report_options(q)
-    q.add_argument("--k", type=_positive_int, default=5, metavar="K", help="nearest training patches (default: 5)")
+    q.add_argument("--k", type=positive_int, default=5, metavar="K", help="nearest training patches (default: 5)")
 
     top.set_defaults(func=run)
     return top

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..report import _atomic, _jsonable, _versions, prepare_out_dir
+from ..report import _atomic, _jsonable, _versions, prepare_out_dir, template_env
 from .data import ImageSet
 from .explain import Box, LocalExplanation, PrototypeSummary
 from .model import ProtoPNet
@@ -198,10 +198,6 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
 def write_protopnet_report(
     out_dir: str | os.PathLike,
     model: ProtoPNet,
@@ -285,15 +281,4 @@ def write_protopnet_report(
 
 
 def _render(**context: Any) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("seewhy", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = _fmt
-    env.filters["pct"] = lambda p: f"{100 * p:.1f}%"
-    return env.get_template("protopnet.html").render(**context)
+    return template_env().get_template("protopnet.html").render(**context)
