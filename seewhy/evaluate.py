@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import Explanation, explain, get_method
+from .hooks import model_state
 from .metrics import get_metric, sanity
 from .targets import TargetSpec
 
@@ -197,6 +198,8 @@ def evaluate(
         masks = torch.as_tensor(masks)
         if masks.shape[0] != n:
             raise ValueError(f"got {masks.shape[0]} masks for {n} images; give one mask per image")
+    if labels is not None and torch.as_tensor(labels).numel() != n:
+        raise ValueError(f"got {torch.as_tensor(labels).numel()} labels for {n} images; give one label per image")
     missing = [m for m, s in specs.items() if "mask" in s.needs and masks is None]
     if missing:
         raise ValueError(f"metrics {', '.join(missing)} need object masks (masks=, or --masks / --boxes on the "
@@ -303,9 +306,7 @@ def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_
                    labels: Sequence[int] | Tensor, result: Evaluation, seed: int) -> list[FailureCase]:
     """Misclassified images: each method's explanation of the predicted and of the true class."""
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
-    if labels.numel() != inputs.shape[0]:
-        raise ValueError(f"got {labels.numel()} labels for {inputs.shape[0]} images; give one label per image")
-    with torch.no_grad():
+    with model_state(model), torch.no_grad():  # eval mode, as explain() runs the model; restored afterwards
         pred = torch.cat([model(inputs[i : i + 16]).argmax(1).cpu() for i in range(0, inputs.shape[0], 16)])
     cases = [FailureCase(int(i), int(pred[i]), int(labels[i])) for i in torch.nonzero(pred != labels).flatten()]
     if not cases:

@@ -94,6 +94,8 @@ def test_bad_requests_fail_before_any_work() -> None:
         evaluate(model, x[:1], ["saliency"], ["pointing_game"], masks=masks, progress=False)
     with pytest.raises(ValueError):
         evaluate(model, x, ["no_such_method"], ["sparseness"], progress=False)
+    with pytest.raises(ValueError, match="got 3 labels for 2 images"):
+        evaluate(model, x, ["no_such_method"], ["sparseness"], labels=[1, 2, 3], progress=False)
 
 
 def test_report_has_leaderboard_curves_grid_failures_and_numbers(result, tmp_path: Path) -> None:
