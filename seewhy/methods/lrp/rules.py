@@ -60,13 +60,18 @@ def _split(x: Tensor) -> tuple[Tensor, Tensor | None]:
     return x.clamp(min=0), x.clamp(max=0)
 
 
-def positive_part(layer: Layer, bias: bool) -> Tensor:
-    """z+ = W+ x+ + W- x- (+ b+): the sum of the positive contributions, differentiable in x."""
+def positive_part(layer: Layer, bias: bool, scale: float = 1.0) -> Tensor:
+    """z+ = W+ x+ + W- x- (+ b+): the sum of the positive contributions, differentiable in x; ``scale`` multiplies
+    the weights (and bias), which is cheaper than multiplying the output."""
     w, b = layer.weight, layer.bias
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    bp = b.clamp(min=0) if (bias and b is not None) else None
+    if scale != 1.0:
+        wp, wn, bp = wp * scale, wn * scale, None if bp is None else bp * scale
     pos, neg = _split(layer.x)
-    out = layer.fn(pos, w.clamp(min=0), b.clamp(min=0) if (bias and b is not None) else None)
+    out = layer.fn(pos, wp, bp)
     if neg is not None:
-        out = out + layer.fn(neg, w.clamp(max=0), None)
+        out = out + layer.fn(neg, wn, None)
     return out
 
 
@@ -126,16 +131,17 @@ class Gamma(Rule):
     epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
-        # with sigma = sign(z): z' = z + gamma (z+ where z > 0, z- = z - z+ where z < 0) = z + gamma (min(z, 0) +
-        # sigma z+), and z' = c_z z + c_plus z+ with c_z = 1 + gamma (1 - sigma) / 2, c_plus = gamma sigma: two
-        # terms. Written with sign() and arithmetic, no boolean mask: where/masked_fill run ~10x slower on CPU.
-        plus = positive_part(layer, bias=True)
-        z, p = layer.z, plus.detach()
+        # with sigma = sign(z): z' = z + gamma (z+ where z > 0, z- = z - z+ where z < 0) = z + gamma min(z, 0) +
+        # sigma (gamma z+), and z' = c_z z + sigma (gamma z+) with c_z = 1 + gamma (1 - sigma) / 2: two terms, the
+        # second with gamma folded into the weights. The scales are s c_z = s + gamma / 2 (s - s sigma) and s sigma
+        # (s = z / z'). Written with sign() and arithmetic, no boolean mask: where/masked_fill run ~10x slower on CPU.
+        plus = positive_part(layer, bias=True, scale=self.gamma)
+        z = layer.z
         sigma = torch.sign(z)
-        zp = torch.add(z, torch.addcmul(z.clamp(max=0), sigma, p), alpha=self.gamma)
+        zp = torch.add(z, z.clamp(max=0), alpha=self.gamma).addcmul_(sigma, plus.detach())
         s = safe_divide(z, zp, self.epsilon)
-        c_z = sigma.mul(-self.gamma / 2).add_(1 + self.gamma / 2)
-        return [(layer.z_graph, s * c_z), (plus, s.mul(sigma).mul_(self.gamma))]
+        s_sigma = s * sigma
+        return [(layer.z_graph, torch.add(s, s - s_sigma, alpha=self.gamma / 2)), (plus, s_sigma)]
 
 
 @dataclass
@@ -190,7 +196,7 @@ class Flat(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         ones = torch.ones_like(layer.weight)
-        den = layer.fn(torch.ones_like(layer.x.detach()), ones, None)
+        den = layer.fn(torch.ones_like(layer.x[:1].detach()), ones, None)  # the same for every sample
         return [(layer.fn(layer.x, ones, None), safe_divide(layer.z, den))]
 
 
@@ -202,7 +208,7 @@ class WSquare(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         w2 = layer.weight * layer.weight
-        den = layer.fn(torch.ones_like(layer.x.detach()), w2, None)
+        den = layer.fn(torch.ones_like(layer.x[:1].detach()), w2, None)  # the same for every sample
         return [(layer.fn(layer.x, w2, None), safe_divide(layer.z, den))]
 
 
@@ -233,7 +239,11 @@ class ZBox(Rule):
         lo, hi = self.bounds(xd)
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         graph = layer.fn(xd * x, w, None) - layer.fn(lo * x, wp, None) - layer.fn(hi * x, wn, None)
-        den = layer.fn(xd, w, None) - layer.fn(lo, wp, None) - layer.fn(hi, wn, None)
+        # x w is the output without its bias; bounds shared by all samples need one sample's worth of work
+        z = layer.z if layer.bias is None else layer.z - layer.bias.view(1, -1, *([1] * (layer.z.ndim - 2)))
+        if lo.stride(0) == 0 and hi.stride(0) == 0:
+            lo, hi = lo[:1], hi[:1]
+        den = z - layer.fn(lo, wp, None) - layer.fn(hi, wn, None)
         return [(graph, safe_divide(layer.z, den, self.epsilon))]
 
 
