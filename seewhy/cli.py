@@ -41,6 +41,7 @@ from torch import Tensor
 from . import __version__, images, report, zoo
 from .argtypes import positive_int
 from .core import METHODS, explain, get_method
+from .hooks import model_state
 from .layers import resolve_layer
 from .targets import make_target
 
@@ -279,7 +280,7 @@ EVALUATE_SETTINGS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_step
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import DEFAULT_METRICS, evaluate
+    from .evaluate import DEFAULT_METRICS, check_metric_params, evaluate
     from .evaluation_report import write_evaluation_report
     from .metrics import METRICS, get_metric, list_metrics
     from .metrics.localization import boxes_to_masks, load_boxes, load_masks
@@ -305,6 +306,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if m not in metrics:
             raise UsageError(f"--set {item}: {m!r} is not among the metrics of this run ({', '.join(metrics)})")
         metric_params.setdefault(m, {})[key] = value
+    for m, p in metric_params.items():
+        check_metric_params(m, p)  # unknown parameter: the valid ones
     if args.masks and len(args.masks) != len(args.images):
         raise UsageError(f"got {len(args.masks)} masks for {len(args.images)} images; give one mask per image")
 
@@ -329,21 +332,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     x = torch.stack(inputs).to(device)
     size = tuple(x.shape[-2:])
     masks = None
-    if args.masks:
-        by_image = dict(zip(args.images, args.masks, strict=True))
-        masks = load_masks([by_image[str(p)] for p, _ in kept], size, resize=spec.resize)
+    if args.masks:  # paired with the images by position (an image may be given twice)
+        given = [str(p) for p in args.images]
+        ok = [i for i, p in enumerate(given) if p in used]
+        masks = load_masks([args.masks[i] for i in ok], size, resize=spec.resize)
     elif args.boxes:
         boxes = load_boxes(args.boxes)
         missing = [str(p) for p, _ in kept if _key(p, boxes) is None]
         if missing:
-            log.warning("no boxes for %s: their localization scores are left out (empty masks)", ", ".join(missing))
-        found = [boxes.get(_key(p, boxes) or "", []) for p, _ in kept]
+            raise UsageError(f"{args.boxes} has no boxes for {', '.join(missing)} (its keys: "
+                             f"{', '.join(sorted(boxes)[:10])}{', ...' if len(boxes) > 10 else ''}); give boxes for "
+                             "every image, keyed by its path or file name (an empty list for an image without objects)")
+        found = [boxes[_key(p, boxes)] for p, _ in kept]
         masks = boxes_to_masks(found, size, image_size=[img.size for _, img in kept], resize=spec.resize)
     labels = _labels(args.labels, [p for p, _ in kept], class_names) if args.labels else None
 
     output = _predict(model, _batches(inputs, args.batch_size, device), args.target, class_names)
     if output is not None:
         rows = [dataclasses.replace(r, output=output[i]) for i, r in enumerate(rows)]
+    if labels is not None:
+        with model_state(model), torch.no_grad():
+            n_classes = int(model(x[:1]).shape[1])
+        bad = [(str(p), v) for (p, _), v in zip(kept, labels, strict=True) if not 0 <= v < n_classes]
+        if bad:
+            raise UsageError(f"{args.labels}: labels out of range for a model with {n_classes} classes: "
+                             + ", ".join(f"{p}: {v}" for p, v in bad[:5]))
     result = evaluate(model, x, methods, metrics, target=args.target,
                       method_params=params, metric_params=metric_params, masks=masks, labels=labels,
                       controls=not args.no_controls, batch_size=args.batch_size, seed=args.seed)

@@ -134,10 +134,27 @@ class Evaluation:
         }
 
 
+def check_metric_params(metric: str, params: Mapping[str, Any]) -> None:
+    """Raise ValueError when ``params`` has a name that metric ``metric`` does not take (listing the valid ones)."""
+    import inspect
+
+    fixed = {"model", "inputs", "attributions", "target", "mask", "method", "method_params", "kwargs"}
+    fn = get_metric(metric).fn
+    valid = set(inspect.signature(fn).parameters)
+    if metric == "model_randomization":  # forwards its keywords to parameter_randomization
+        valid |= set(inspect.signature(sanity.parameter_randomization).parameters)
+    valid -= fixed | {"attributions", "keep_maps"}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"metric {metric} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters: {', '.join(sorted(valid))}")
+
+
 def metric_costs(
     model: nn.Module, inputs: Tensor, metrics: Sequence[str], metric_params: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, int]:
-    """Model forwards per image and method for each metric (for ``model_randomization``: explanation calls)."""
+    """Model forwards per image and method for each metric (for the metrics that re-run the method, robustness and
+    sanity: explanation calls)."""
     out = {}
     for m in metrics:
         params = {"input_size": tuple(inputs.shape[-2:]), **metric_params.get(m, {})}
@@ -206,9 +223,13 @@ def evaluate(
                          "command line); leave them out or give masks")
     for m in [*names, *extra]:
         get_method(m, **method_params.get(m, {}))  # unknown method or parameter: fail before any work
+    for m, p in metric_params.items():
+        if m not in specs:
+            raise ValueError(f"metric_params names {m!r}, which is not among the metrics ({', '.join(metrics)})")
+        check_metric_params(m, p)
     costs = metric_costs(model, inputs, metrics, metric_params)
     for m in metrics:
-        unit = "explanations" if m == "model_randomization" else "forward passes"
+        unit = "explanations" if "method" in specs[m].needs else "forward passes"
         log.info("%s: %d %s per image and method (%d in all)", m, costs[m], unit,
                  costs[m] * n * (len(names) + len(extra)))
 
@@ -247,22 +268,22 @@ def evaluate(
                     log.error("metric %s on %s failed: %s: %s", metric, method, type(err).__name__, err)
                     result.errors[f"{method}/{metric}"] = f"{type(err).__name__}: {err}"
     if labels is not None:
-        result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed)
+        result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed, batch_size)
     return result
 
 
 def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: list[slice], method: str,
            method_params: dict[str, Any], metric: str, params: dict[str, Any], masks: Tensor | None, seed: int,
            result: Evaluation, bar: Any) -> MetricScores:
+    """One metric over every explanation of one method. A metric is called once on all the images (it batches its
+    own forwards), so that seeded draws, keyed by an image's row in the call, do not depend on ``batch_size``;
+    model randomization runs per chunk (the same randomized copies for every chunk) and keeps the first chunk's maps."""
     spec = get_metric(metric)
-    scores, curves, fractions, protocol = [], [], None, {}
     t0 = time.perf_counter()
-    for b, (sl, exp) in enumerate(zip(chunks, exps, strict=True)):
-        target = exp.targets if exp.targets is not None else None
-        kw = {"seed": seed, **params}
-        if "mask" in spec.needs:
-            kw["mask"] = masks[sl].to(inputs.device)
-        if metric == "model_randomization":
+    kw = {"seed": seed, **params}
+    if metric == "model_randomization":
+        scores, protocol = [], {}
+        for b, (sl, exp) in enumerate(zip(chunks, exps, strict=True)):
             out = _randomization(model, inputs[sl], exp, method, method_params, kw, keep=b == 0)
             if b == 0:
                 result.randomization[method] = out
@@ -270,24 +291,27 @@ def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: li
             scores.append(out.mean(measure))
             protocol = {"measure": measure, **out.protocol}
             bar.update()
-            continue
-        if "method" in spec.needs:
-            kw.setdefault("method", method)
-            kw.setdefault("method_params", method_params)
-        out = spec.fn(model, inputs[sl], exp.attributions, target, **kw)
-        if isinstance(out, Tensor):
-            scores.append(out)
-        else:
-            scores.append(out.scores)
-            protocol = dict(getattr(out, "protocol", {}) or {})
-            if getattr(out, "curves", None) is not None:
-                curves.append(out.curves)
-                fractions = out.fractions
-        bar.update()
-    s = torch.cat([x.detach().double().cpu().reshape(-1) for x in scores])
-    c = torch.cat([x.detach().double().cpu() for x in curves]) if curves and len(curves) == len(chunks) else None
-    f = fractions.detach().double().cpu() if c is not None else None
-    return MetricScores(method, metric, s, time.perf_counter() - t0, c, f, protocol)
+        s = torch.cat([x.detach().double().cpu().reshape(-1) for x in scores])
+        return MetricScores(method, metric, s, time.perf_counter() - t0, protocol=protocol)
+    attributions = torch.cat([e.attributions for e in exps])
+    targets = [e.targets for e in exps]
+    target = None if any(t is None for t in targets) else torch.cat(targets)
+    if "mask" in spec.needs:
+        kw["mask"] = masks.to(inputs.device)
+    if "method" in spec.needs:
+        kw.setdefault("method", method)
+        kw.setdefault("method_params", method_params)
+    out = spec.fn(model, inputs, attributions, target, **kw)
+    bar.update(len(chunks))
+    scores = out if isinstance(out, Tensor) else out.scores
+    protocol = {} if isinstance(out, Tensor) else dict(getattr(out, "protocol", {}) or {})
+    curves = getattr(out, "curves", None)
+    fractions = getattr(out, "fractions", None)
+    return MetricScores(
+        method, metric, scores.detach().double().cpu().reshape(-1), time.perf_counter() - t0,
+        None if curves is None else curves.detach().double().cpu(),
+        None if curves is None or fractions is None else fractions.detach().double().cpu(), protocol,
+    )
 
 
 def _randomization(model: nn.Module, x: Tensor, exp: Explanation, method: str, method_params: dict[str, Any],
@@ -303,11 +327,12 @@ def _randomization(model: nn.Module, x: Tensor, exp: Explanation, method: str, m
 
 
 def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_params: Mapping[str, Any],
-                   labels: Sequence[int] | Tensor, result: Evaluation, seed: int) -> list[FailureCase]:
+                   labels: Sequence[int] | Tensor, result: Evaluation, seed: int, batch_size: int) -> list[FailureCase]:
     """Misclassified images: each method's explanation of the predicted and of the true class."""
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
     with model_state(model), torch.no_grad():  # eval mode, as explain() runs the model; restored afterwards
-        pred = torch.cat([model(inputs[i : i + 16]).argmax(1).cpu() for i in range(0, inputs.shape[0], 16)])
+        pred = torch.cat([model(inputs[i : i + batch_size]).argmax(1).cpu()
+                          for i in range(0, inputs.shape[0], batch_size)])
     cases = [FailureCase(int(i), int(pred[i]), int(labels[i])) for i in torch.nonzero(pred != labels).flatten()]
     if not cases:
         return []
@@ -320,13 +345,16 @@ def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_
         if "seed" in _fields(method) and "seed" not in params:
             params["seed"] = seed
         try:
-            on_pred = explain(model, x, method, target=pred[idx], **params)
-            on_true = explain(model, x, method, target=labels[idx], **params)
+            for start in range(0, len(cases), batch_size):
+                sl = slice(start, start + batch_size)
+                on_pred = explain(model, x[sl], method, target=pred[idx[sl]], **params)
+                on_true = explain(model, x[sl], method, target=labels[idx[sl]], **params)
+                for j, case in enumerate(cases[sl]):
+                    case.maps[method] = (_row(on_pred, j), _row(on_true, j))
         except Exception as err:
             log.error("failure-mode maps: %s failed: %s: %s", method, type(err).__name__, err)
-            continue
-        for j, case in enumerate(cases):
-            case.maps[method] = (_row(on_pred, j), _row(on_true, j))
+            for case in cases:
+                case.maps.pop(method, None)
     return cases
 
 

@@ -21,6 +21,9 @@ from .evaluate import Evaluation
 from .metrics import get_metric
 from .report import Figure, ImageRow, MethodRun, Table, write_explain_report
 
+#: at most this many misclassified images in the failure-mode figure (all of them are in results.json)
+MAX_FAILURE_ROWS = 12
+
 
 def write_evaluation_report(
     out_dir: str | os.PathLike,
@@ -84,7 +87,7 @@ def _cost_table(evaluation: Evaluation) -> Table:
     for metric in evaluation.metrics:
         spec = get_metric(metric)
         secs = [r.seconds for (_, m), r in evaluation.results.items() if m == metric]
-        unit = "explanations" if metric == "model_randomization" else "forwards"
+        unit = "explanations" if "method" in get_metric(metric).needs else "forwards"
         rows.append([metric, spec.family, f"{evaluation.costs.get(metric, 0)} {unit}",
                      sum(secs) / max(1, len(secs)), spec.summary])
     return Table("Metrics", ["metric", "family", "cost per image and method", "seconds per method", "what"], rows)
@@ -128,11 +131,12 @@ def _randomization_figures(evaluation: Evaluation, images: Sequence[ImageRow], g
         for i in range(k):
             row = [_cell(viz.overlay(images[i].image, heat[s, i, 0].numpy(), signed=signed))
                    for s in range(heat.shape[0])]
+            if sim is not None:  # this method's and this image's rho, on each randomized map
+                row[1:] = [_caption(c, f"rho={float(sim[j, i]):.2f}") for j, c in enumerate(row[1:])]
             cells.append(row)
             row_labels.append(method + (f"\n{images[i].name}" if k > 1 else ""))
         if col_labels is None:
-            col_labels = ["trained", *(f"{layer}" + (f"\nrho={float(sim[j, 0]):.2f}" if sim is not None else "")
-                                       for j, layer in enumerate(res.layers))]
+            col_labels = ["trained", *map(str, res.layers)]
     if not cells:
         return []
     width = max(len(r) for r in cells)
@@ -140,8 +144,8 @@ def _randomization_figures(evaluation: Evaluation, images: Sequence[ImageRow], g
     image = viz.grid(cells, row_labels=row_labels, col_labels=col_labels, max_label_width=140)
     caption = ("cascading model-parameter randomization (Adebayo et al. 2018): left, the trained model's map; then "
                "the map after re-initialising the layers from the top down to the one named (cumulative). A faithful "
-               "method's map should fall apart; rho: Spearman rank correlation of |maps| with the trained one (first "
-               "image)")
+               "method's map should fall apart; rho on each map: Spearman rank correlation of its absolute values with "
+               "the trained model's map")
     return [Figure("Sanity check: cascading randomization", image, caption)]
 
 
@@ -157,7 +161,8 @@ def _failure_figures(evaluation: Evaluation, images: Sequence[ImageRow],
     if not methods:
         return []
     cells, row_labels = [], []
-    for case in evaluation.failure_cases:
+    shown = evaluation.failure_cases[:MAX_FAILURE_ROWS]
+    for case in shown:
         img = images[case.index].image
         size = tuple(np.asarray(img).shape[:2])
         row = [_cell(img)]
@@ -172,8 +177,23 @@ def _failure_figures(evaluation: Evaluation, images: Sequence[ImageRow],
         row_labels.append(f"{images[case.index].name}\npredicted {name(case.predicted)}\ntrue {name(case.true)}")
     col_labels = ["input", *(f"{m}\n{which}" for m in methods for which in ("predicted class", "true class"))]
     image = viz.grid(cells, row_labels=row_labels, col_labels=col_labels, max_label_width=160)
+    more = len(evaluation.failure_cases) - len(shown)
     return [Figure("Failure modes: misclassified images", image,
-                   "each method's map for the class the model predicted and for the true class, side by side")]
+                   "each method's map for the class the model predicted and for the true class, side by side"
+                   + (f"; the first {len(shown)} of {len(evaluation.failure_cases)} misclassified images (all are "
+                      "listed in results.json)" if more > 0 else ""))]
+
+
+def _caption(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` with ``text`` in a white band along its bottom edge."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(im)
+    box = draw.textbbox((0, 0), text)
+    draw.rectangle((0, im.height - box[3] - 4, box[2] + 4, im.height), fill=(255, 255, 255))
+    draw.text((2, im.height - box[3] - 2), text, fill=(0, 0, 0))
+    return np.asarray(im)
 
 
 def _cell(image: np.ndarray, side: int = 128) -> np.ndarray:

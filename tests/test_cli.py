@@ -256,7 +256,31 @@ def test_evaluate_usage_errors(pictures: list[Path], tmp_path: Path, capsys: pyt
     assert "1 masks for 2 images" in capsys.readouterr().err
     assert cli.main(_evaluate(pictures[:2], out, "--metric", "deletion_auc", "--set", "insertion_auc.n_steps=4")) == 2
     assert "not among the metrics" in capsys.readouterr().err
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "deletion_auc", "--set", "deletion_auc.bogus=1")) == 2
+    assert "has no parameter 'bogus'" in capsys.readouterr().err
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"red.png": [[0, 0, 10, 10]], "elsewhere.png": []}))
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "pointing_game,deletion_auc", "--boxes", str(boxes))) == 2
+    err = capsys.readouterr().err
+    assert "no boxes for" in err and "blue.png" in err
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"red.png": 3, "blue.png": 99}))
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "deletion_auc", "--labels", str(labels))) == 2
+    assert "out of range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_evaluate_pairs_masks_with_images_by_position(pictures: list[Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    full, empty = tmp_path / "full.png", tmp_path / "empty.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(full)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(empty)
+    out = tmp_path / "ev"
+    args = _evaluate([pictures[0], pictures[0]], out, "--metric", "deletion_auc,pointing_game", "--no-controls",
+                     "--masks", str(full), str(empty))
+    assert cli.main(args) == 0
+    scores = json.loads((out / "results.json").read_text())["results"]["saliency"]["pointing_game"]["scores"]
+    assert scores == [1.0, None]  # the same image twice: a hit with the full mask, excluded with the empty one
 
 
 def test_metrics_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:

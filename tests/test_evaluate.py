@@ -65,6 +65,19 @@ def test_same_scores_whatever_the_batch_size(result) -> None:
         torch.testing.assert_close(again.results[key].scores, res.scores, equal_nan=True, rtol=1e-5, atol=1e-6)
 
 
+def test_seeded_metrics_do_not_depend_on_the_batch_size() -> None:
+    # their draws are keyed by an image's row: evaluate must not restart the rows at every chunk
+    model, x, _ = _data(4)
+    seeded = ["faithfulness_correlation", "max_sensitivity", "road", "infidelity"]
+    fast = {"faithfulness_correlation": {"n_runs": 8}, "max_sensitivity": {"n_samples": 3},
+            "road": {"fractions": [0.2, 0.5]}, "infidelity": {"n_samples": 4}}
+    runs = [evaluate(model, x, ["saliency"], seeded, metric_params=fast, batch_size=bs, controls=False, progress=False)
+            for bs in (1, 4)]
+    assert not runs[0].errors and not runs[1].errors
+    for key, res in runs[1].results.items():
+        torch.testing.assert_close(runs[0].results[key].scores, res.scores, equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
 def test_model_left_as_it_was_and_failure_cases() -> None:
     model, x, masks = _data(3)
     model.train()

@@ -493,9 +493,11 @@ def noisy_linear_imputation(
 
     v_p = sum_q w_pq v_q / sum_q w_pq over the 8 neighbours (w = 1/6 side, 1/12 diagonal), one linear system per
     image and channel (official code: scipy ``spsolve`` on the CPU; here preconditioned conjugate gradients in torch,
-    on the inputs' device, to relative residual ``tol``: at 224 px the default leaves errors of about 1e-3 at most
-    against the exact solve, a tenth of the default noise), then v_p += N(0, noise^2). ``keep`` (B,H,W) or
-    (B,1,H,W) bool: True keeps the pixel. Each image's noise comes from (seed, its index).
+    on the inputs' device, to relative residual ``tol``: at 224 px against scipy's exact solve, for inputs of unit
+    standard deviation, the default leaves a mean error of about 3e-4 and a largest error of about 1e-3 with half the
+    pixels removed, 5e-3 (half the default noise) with 90% removed; lower ``tol`` for a closer solve), then
+    v_p += N(0, noise^2). ``keep`` (B,H,W) or (B,1,H,W) bool: True keeps the pixel. Each image's noise comes from
+    (seed, its index).
     """
     inputs = check_inputs(inputs)
     keep = _check_keep(keep, inputs)

@@ -13,27 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import Method, get_method
+from ..core import Method
 from ..engine import default_batch_size, generator
 from ..hooks import model_state
 from ..targets import Target, TargetSpec
 from .faithfulness import _positive_int, _prepare, _row_generator
 from .registry import register_metric
+from .sanity import _explainer
 
 ExplainFn = Callable[[nn.Module, Tensor, TargetSpec], Tensor]
-
-
-def _explainer(method: str | Method | ExplainFn, params: dict[str, Any] | None) -> ExplainFn:
-    if isinstance(method, str):
-        return get_method(method, **(params or {}))
-    if params:
-        raise ValueError("method_params only apply to a method given by name; configure the Method object instead")
-    if isinstance(method, Method) or callable(method):
-        return method
-    raise TypeError(
-        f"method must be a registered method name, a seewhy Method or a callable (model, inputs, target) -> "
-        f"attributions; got {type(method).__name__}"
-    )
 
 
 def _rows_target(target: Target, rows: Tensor) -> TargetSpec:
@@ -69,7 +57,7 @@ def sensitivities(
     n_samples = _positive_int(n_samples, "n_samples")
     if not isinstance(radius, (int, float)) or isinstance(radius, bool) or radius < 0:
         raise ValueError(f"radius must be a number >= 0 (an L-inf radius in input units), got {radius!r}")
-    explain = _explainer(method, method_params)
+    explain = _explainer(method, method_params, seed)[0]
     with model_state(model):
         inputs, t, _ = _prepare(model, inputs, target, batch_size)
         phi = explain(model, inputs, _rows_target(t, torch.arange(inputs.shape[0]))) if attributions is None \
@@ -124,6 +112,9 @@ def max_sensitivity(
 ) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019): SENS_MAX = max_{||y - x||_inf <= r} ||Phi(y) - Phi(x)|| / ||Phi(x)||.
 
+    The paper's SENS_MAX is not divided by ||Phi(x)||; the relative form is Captum's, which makes methods with
+    different attribution scales comparable.
+
     Estimated by ``n_samples`` uniform draws in the L-inf ball (Captum's defaults: r = 0.02, 10 draws; the max over
     draws underestimates the true max). Lower is better. Cost: ``n_samples`` explanations per image. See
     :func:`sensitivities` for the arguments.
@@ -152,6 +143,8 @@ def avg_sensitivity(
     seed: int | None = None,
 ) -> Tensor:
     """Average sensitivity (Yeh et al. 2019): E_{y ~ U(B_inf(x, r))} ||Phi(y) - Phi(x)|| / ||Phi(x)||; lower is better.
+
+    Relative to ||Phi(x)|| as in Captum (the paper's form is not divided).
 
     Monte Carlo over ``n_samples`` draws; see :func:`sensitivities` for the arguments.
 

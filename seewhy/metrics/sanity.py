@@ -17,6 +17,7 @@ prediction) and stays fixed for every randomized model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import postprocess
-from ..core import Method, check_inputs, get_method
+from ..core import METHODS, Method, check_inputs, get_method
 from ..hooks import model_state
 from ..layers import resolve_layer
 from ..targets import TargetSpec, make_target
@@ -45,10 +46,15 @@ LayerGroups = Sequence[str | nn.Module | Sequence[str | nn.Module]]
 # --- the explanation method -----------------------------------------------------------------------------------------
 
 
-def _explainer(method: Explainer, params: dict[str, Any] | None) -> tuple[Callable, str, dict[str, Any]]:
-    """(callable, name, heatmap convention) for a registered name, a Method or a callable."""
+def _explainer(method: Explainer, params: dict[str, Any] | None,
+               seed: int | None = None) -> tuple[Callable, str, dict[str, Any]]:
+    """(callable, name, heatmap convention) for a registered name, a Method or a callable. A registered method that
+    draws random numbers gets the metric's ``seed`` unless ``params`` sets its own, so the metric is reproducible."""
     params = dict(params or {})
     if isinstance(method, str):
+        if seed is not None and "seed" not in params and method in METHODS and \
+                "seed" in {f.name for f in dataclasses.fields(METHODS[method])}:
+            params["seed"] = seed
         m = get_method(method, **params)
         return m, m.name, dict(m.heatmap_convention)
     if params:
@@ -67,8 +73,9 @@ def _explainer(method: Explainer, params: dict[str, Any] | None) -> tuple[Callab
 
 
 def _run(explain: Callable, model: nn.Module, inputs: Tensor, target: TargetSpec) -> Tensor:
-    # model_state(eval=False, freeze=False) restores .training and requires_grad even for a careless callable
-    with model_state(model, eval=False, freeze=False):
+    # eval mode and frozen parameters, as explain() runs a model: a callable cannot update BatchNorm statistics or
+    # leave .grad behind, and every .training flag and requires_grad comes back as it was
+    with model_state(model):
         attr = explain(model, inputs, target)
     if not isinstance(attr, Tensor) or attr.ndim != 4 or attr.shape[0] != inputs.shape[0]:
         shape = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
@@ -347,7 +354,7 @@ def parameter_randomization(
     if unknown or not measures:
         raise ValueError(f"unknown similarity measure(s) {unknown or measures}; use some of {', '.join(MEASURES)}")
     inputs = check_inputs(inputs)
-    explain, name, convention = _explainer(method, method_params)
+    explain, name, convention = _explainer(method, method_params, seed)
     steps = randomization_steps(model, layers, group)
     with torch.inference_mode(False):  # the copies must hold normal tensors even inside inference_mode
         try:
@@ -488,7 +495,7 @@ def random_logit_test(
     if unknown or not measures:
         raise ValueError(f"unknown similarity measure(s) {unknown or measures}; use some of {', '.join(MEASURES)}")
     inputs = check_inputs(inputs)
-    explain, name, convention = _explainer(method, method_params)
+    explain, name, convention = _explainer(method, method_params, seed)
     spec, indices, out = _resolve_target(model, inputs, target)
     if indices is None:
         raise TypeError("the random-logit test needs class targets (int, list of ints, 'top1'), not a callable")
@@ -500,7 +507,7 @@ def random_logit_test(
     draws = [
         int(torch.randint(k - 1, (1,), generator=torch.Generator().manual_seed(s))) for s in image_seeds(inputs, seed)
     ]
-    others = (indices + 1 + torch.tensor(draws, dtype=torch.long)) % k
+    others = (indices + 1 + torch.tensor(draws, dtype=torch.long, device=indices.device)) % k
     original = _check_original(attributions, inputs)
     if original is None:
         original = _run(explain, model, inputs, spec)

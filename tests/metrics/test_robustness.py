@@ -118,3 +118,11 @@ def test_clear_errors(inputs):
         max_sensitivity(model, inputs, torch.ones(3, 1, 4, 4), method="saliency", n_samples=1)
     with pytest.raises(ValueError, match="do not fit inputs"):
         max_sensitivity(model, inputs, torch.ones(2, 3, 32, 32), method="saliency", n_samples=1)
+
+
+def test_a_stochastic_method_gets_the_metric_seed(inputs: torch.Tensor) -> None:
+    model = build("tiny_cnn")
+    params = {"n_samples": 2}
+    runs = [max_sensitivity(model, inputs, None, target=0, method="smoothgrad", method_params=params, n_samples=2,
+                            seed=5) for _ in range(2)]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)

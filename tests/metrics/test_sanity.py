@@ -220,3 +220,22 @@ def test_works_inside_no_grad_and_inference_mode(context, inputs: torch.Tensor) 
     for m in FAST["measures"]:
         torch.testing.assert_close(got.scores[m], expected.scores[m])
     torch.testing.assert_close(logit.scores["ssim"], expected_logit.scores["ssim"])
+
+
+def test_a_careless_callable_cannot_change_a_train_mode_model(inputs: torch.Tensor) -> None:
+    # a plain callable explainer on a BatchNorm model in train mode: the random-logit test runs it in eval mode with
+    # frozen parameters, so running statistics, .grad and the flags stay as they were
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 5)).train()
+    before = _snapshot(model)
+
+    def grad_x_input(m: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        m(x)[torch.arange(x.shape[0]), target].sum().backward()
+        return x.grad * x
+
+    S.random_logit_test(model, inputs[:, :3], grad_x_input, target=torch.zeros(inputs.shape[0], dtype=torch.long))
+    after = _snapshot(model)
+    assert all(torch.equal(before[0][k], v) for k, v in after[0].items())
+    assert before[1:] == after[1:]
+    assert all(p.grad is None for p in model.parameters())
