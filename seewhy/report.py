@@ -277,18 +277,32 @@ def write_explain_report(
         legends=_legends(columns),
     )
 
+    manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()  # fails before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
     index.unlink(missing_ok=True)  # the old report must not look complete next to new data
-    for name, content in (files or {}).items():
-        with _atomic(out / name) as f:
-            f.write(content)
-    with _atomic(out / "attributions.npz") as f:
-        np.savez(f, **arrays)
-    with _atomic(out / "manifest.json") as f:
-        f.write(json.dumps(manifest, indent=2, allow_nan=False).encode())
-    with _atomic(index) as f:
-        f.write(html.encode("utf-8"))
+    written: list[Path] = []
+    try:
+        for name, content in (files or {}).items():
+            with _atomic(out / name) as f:
+                f.write(content)
+            written.append(out / name)
+        with _atomic(out / "attributions.npz") as f:
+            np.savez(f, **arrays)
+        written.append(out / "attributions.npz")
+        with _atomic(out / "manifest.json") as f:
+            f.write(manifest_bytes)
+        written.append(out / "manifest.json")
+        with _atomic(index) as f:
+            f.write(html.encode("utf-8"))
+    except BaseException:  # a failed write (disk full, interrupted) leaves no partial report behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return index
 
 

@@ -171,7 +171,7 @@ def test_interrupted_write_leaves_no_complete_looking_report(tmp_path: Path, run
     def boom(*args: object, **kw: object) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report.json, "dumps", boom)
+    monkeypatch.setattr(report.np, "savez", boom)
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, run_data, overwrite=True)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -249,3 +249,15 @@ def test_lrp_runs_get_their_relevance_ledger_as_a_table(tmp_path: Path) -> None:
     assert table["rows"][0][2] == pytest.approx(1.0)  # the output relevance is the reference
     assert table["rows"][-1][5] == pytest.approx(float(book["input"][0]))  # img2 comes from the second batch
     assert "Relevance ledger: lrp" in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_failed_write_leaves_no_partial_report(tmp_path: Path, run_data: dict,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*args: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.np, "savez", disk_full)
+    out = tmp_path / "new"
+    with pytest.raises(OSError, match="No space"):
+        _write(out, run_data, files={"results.csv": b"a,b\n"})
+    assert not out.exists()  # the extra file written before the failure is gone, and the folder this call made
