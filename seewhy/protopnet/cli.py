@@ -200,11 +200,12 @@ def _explain(args: argparse.Namespace) -> int:
     for path, img in loaded:
         crop = np.asarray(images.resize_crop(img, s, s), dtype=np.uint8)
         x = run_.preprocess(img).unsqueeze(0).to(device)
-        exp = explain_local(run_.model, x, args.target, top_k=args.top_k)[0]
+        exp = explain_local(run_.model, x, args.target, top_k=args.top_k, percentile=run_.percentile)[0]
         rows.append(LocalRow(images.image_name(path), crop, exp, source=path))
     path = write_protopnet_report(
         args.out, run_.model, local=rows, train_data=_pictures(run_, args.data), info=_info(run_),
         failures=failures, title="seewhy protopnet explain", command=_command(args), overwrite=args.overwrite,
+        percentile=run_.percentile,
     )
     print(path)  # noqa: T201
     return 0
@@ -221,10 +222,11 @@ def _prototypes(args: argparse.Namespace) -> int:
     data = run_.train_set(args.data)
     if not run_.model.pushed:
         log.warning("the prototypes of this checkpoint were never pushed: they are not training patches")
-    summaries = explain_global(run_.model, data, run_.prep, args.k, progress=True)
+    summaries = explain_global(run_.model, data, run_.prep, args.k, percentile=run_.percentile, progress=True)
     path = write_protopnet_report(
         args.out, run_.model, prototypes=summaries, train_data=data, info=_info(run_),
         title="seewhy protopnet prototypes", command=_command(args), overwrite=args.overwrite,
+        percentile=run_.percentile,
     )
     print(path)  # noqa: T201
     return 0

@@ -94,11 +94,17 @@ class TensorImages(ImageSet):
         return TensorImages(self._images[idx], self.labels[idx], self.classes, [self.names[i] for i in idx.tolist()])
 
 
+def _hidden(path: Path) -> bool:
+    """Whether any component of the relative ``path`` is hidden (starts with '.')."""
+    return any(part.startswith(".") for part in path.parts)
+
+
 def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str], list[int]]:
     """An ImageFolder-style directory: one sub-folder per class holding image files.
 
-    Returns ``(classes sorted by name, file paths relative to root, labels)``. Hidden files and files
-    whose suffix is not an image's (``IMAGE_SUFFIXES``) are ignored; nested folders are searched.
+    Returns ``(classes sorted by name, file paths relative to root, labels)``. Hidden files and folders
+    (a name starting with '.', e.g. ``.ipynb_checkpoints/``) and files whose suffix is not an image's
+    (``IMAGE_SUFFIXES``) are ignored; nested folders are searched.
 
     Raises:
         ValueError: no such directory, no class folder, a class folder without images.
@@ -114,9 +120,10 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str], list[int
     files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
+        folder = path / name
         found = sorted(
-            p for p in (path / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            p for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(folder)) and p.is_file()
         )
         if not found:
             raise ValueError(f"class folder {str(path / name)!r} holds no image file "

@@ -3,9 +3,9 @@
 Local (one input, one class c): ``logit_c = sum_j s_j W[c, j]``, so each prototype j contributes
 ``points_j = similarity_j x weight`` to class c. For the top prototypes by points we give the most
 similar latent cell, the box around it (the smallest box covering the similarity map, bicubically
-upsampled to the input size, where it is at or above its 95th percentile), the prototype's patch and the
-training image it was projected onto. Global: every prototype with its source patch and its nearest
-training patches (the closest patch of each image, the k closest images).
+upsampled to the input size, where it is at or above its ``percentile``-th percentile, 95 by default),
+the prototype's patch and the training image it was projected onto. Global: every prototype with its
+source patch and its nearest training patches (the closest patch of each image, the k closest images).
 """
 
 from __future__ import annotations
@@ -229,6 +229,9 @@ def nearest_patches(model: ProtoPNet, data: ImageSet, prep: Preprocessing, k: in
     model = _check_model(model)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    if len(data) == 0:
+        raise ValueError("the image set is empty: there are no patches to search; pass the training images "
+                         "(the push set)")
     k = min(k, len(data))
     device = _device(model)
     p = model.num_prototypes

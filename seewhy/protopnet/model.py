@@ -207,8 +207,9 @@ class ProtoPNet(nn.Module):
     Submodules ``features``, ``add_on_layers`` (1x1 conv -> ReLU -> 1x1 conv -> Sigmoid), the parameter
     ``prototype_vectors`` (P, D, 1, 1), ``last_layer`` (Linear(P, K, bias=False)); buffers
     ``prototype_class_identity`` (P, K) one-hot and, once pushed, ``prototype_image`` (P,) (index of the
-    source image in the push set, -1 before a push), ``prototype_location`` (P, 2) latent cell (h, w) and
-    ``prototype_box`` (P, 4) the source image's high-similarity box (y0, y1, x0, x1), end-exclusive.
+    source image in the push set, -1 before a push and after training moved the prototypes again),
+    ``prototype_location`` (P, 2) latent cell (h, w) and ``prototype_box`` (P, 4) the source image's
+    high-similarity box (y0, y1, x0, x1), end-exclusive.
     """
 
     def __init__(
@@ -280,6 +281,12 @@ class ProtoPNet(nn.Module):
     def pushed(self) -> bool:
         """Whether every prototype has been projected onto a training patch."""
         return bool((self.prototype_image >= 0).all())
+
+    def reset_prototype_sources(self) -> None:
+        """Forget where the prototypes come from (source image, location and box back to -1: not pushed), as
+        training moves them off their source patches; the next push records new sources."""
+        for buf in (self.prototype_image, self.prototype_location, self.prototype_box):
+            buf.fill_(-1)
 
     def set_last_layer_incorrect_connection(self, incorrect_weight: float = INCORRECT_WEIGHT) -> None:
         """W[c, j] = 1 if prototype j belongs to class c, else ``incorrect_weight``."""

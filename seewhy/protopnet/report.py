@@ -122,6 +122,14 @@ class _Pictures:
         return self.data.names[i]
 
 
+def _ordinal(p: float) -> str:
+    """95 -> '95th', 1 -> '1st', 99.5 -> '99.5th'."""
+    text = f"{p:g}"
+    if float(p) != int(p) or 11 <= int(p) % 100 <= 13:
+        return f"{text}th"
+    return text + {1: "st", 2: "nd", 3: "rd"}.get(int(p) % 10, "th")
+
+
 def _label(names: Sequence[str] | None, c: int) -> str:
     return str(names[c]) if names and 0 <= c < len(names) else f"class {c}"
 
@@ -210,6 +218,7 @@ def write_protopnet_report(
     title: str = "seewhy ProtoPNet report",
     command: Sequence[str] | None = None,
     overwrite: bool = False,
+    percentile: float = 95.0,
 ) -> Path:
     """Write the report (see the module docstring); returns the path of ``index.html``.
 
@@ -220,6 +229,8 @@ def write_protopnet_report(
         train_data: the push set, for the pictures of prototypes' sources and neighbours (None: no pictures).
         info: run information shown in the header and stored in the JSON (backbone, checkpoint, accuracy...).
         failures: ``(path, reason)`` of inputs that could not be used.
+        percentile: the percentile of the similarity maps the boxes were drawn at (``percentile`` of
+            ``explain_local`` / ``explain_global``; a run's is ``Run.percentile``), stated in the report.
 
     Raises:
         FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
@@ -229,6 +240,8 @@ def write_protopnet_report(
         raise TypeError(f"model must be a ProtoPNet, got {type(model).__name__}")
     if not local and not prototypes:
         raise ValueError("nothing to report: pass local explanations, prototypes, or both")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
     for r in local:
         arr = np.asarray(r.image)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -244,7 +257,7 @@ def write_protopnet_report(
     pictures = ("uri", "boxed", "overlay", "patch", "source")
     record = {
         "title": title, "created": created, "command": cmd, "versions": versions, "info": _jsonable(info),
-        "model": _jsonable(model.config()),
+        "model": _jsonable(model.config()), "box_percentile": float(percentile),
         "local": _jsonable(_strip(local_ctx, pictures)),
         "prototypes": _jsonable(_strip(global_ctx, pictures)),
         "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
@@ -265,7 +278,8 @@ def write_protopnet_report(
     )
     html = _render(title=title, created=created, versions=versions, info=info, cmd=cmd, local=local_ctx,
                    prototypes=global_ctx, failures=[(str(p), str(r)) for p, r in failures],
-                   n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None)
+                   n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None,
+                   percentile=_ordinal(float(percentile)))
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
     index.unlink(missing_ok=True)

@@ -10,24 +10,31 @@ epochs train backbone, add-on and prototypes with separate learning rates (StepL
 joint epoch). After epoch ``e >= push_start`` with ``(e - push_start) % push_every == 0``, and always
 after the last epoch, the prototypes are pushed and the last layer alone is trained for
 ``last_layer_epochs`` epochs (the trunk in eval mode, so the pushed prototypes stay exact training patches).
+The trunk is also in eval mode during warm-up (its weights are frozen: its BatchNorm statistics stay, no
+dropout or drop-connect). A warm-up or joint epoch moves the prototypes away from their source patches, so it
+clears the source records (``prototype_image`` etc. back to -1: not pushed) until the next push.
 
 A run directory holds ``config.json`` (everything needed to rebuild the model), ``split.json`` (the
 train/validation files, for folder runs), ``last.pt`` (the training state after the latest stage, to
 resume), ``best.pt`` (the pushed model with the best validation accuracy; never chosen on a test set)
 with ``best.json``, and ``history.json``. Checkpoints are state dicts loadable with
-``torch.load(..., weights_only=True)``; every file is written atomically. Randomness (initialisation,
-split, shuffling, augmentation) comes from ``seed``; each stage draws from its own generator, so a
-resumed run ends bit-identical to an uninterrupted one.
+``torch.load(..., weights_only=True)``; every file is written atomically, ``history.json`` before
+``last.pt`` (a resume drops history entries after the stage of ``last.pt``). Randomness (initialisation,
+split, shuffling, augmentation, and the trunk's own draws from torch's global generator such as dropout or
+drop-connect) comes from ``seed``: each stage draws from its own generators, the global one forked and seeded
+per stage (the caller's global RNG state is left as it was), so a run does not depend on the global RNG state
+before it and a resumed run ends bit-identical to an uninterrupted one (on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +224,9 @@ def _epoch(model: ProtoPNet, data: ImageSet, prep: Preprocessing, phase: str, op
     device = model.prototype_vectors.device
     _trainable(model, phase)
     model.train()
-    if phase == "last":  # the trunk is frozen: keep its BatchNorm statistics, so pushed patches stay exact
+    if phase != "joint":  # the trunk is frozen: keep its BatchNorm statistics, no dropout / drop-connect
         model.features.eval()
+    if phase == "last":  # and the add-on too, so pushed patches stay exact
         model.add_on_layers.eval()
     order = torch.randperm(len(data), generator=generator)
     sums: dict[str, float] = {}
@@ -246,8 +254,31 @@ def _epoch(model: ProtoPNet, data: ImageSet, prep: Preprocessing, phase: str, op
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "accuracy": correct / max(n, 1)}
 
 
+def _stage_seed(seed: int, stage: int, salt: int = 12345) -> int:
+    return (int(seed) * 1_000_003 + stage * 7919 + salt) % (2**63)
+
+
 def _stage_generator(seed: int, stage: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + stage * 7919 + 12345) % (2**63))
+    return torch.Generator().manual_seed(_stage_seed(seed, stage))
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global generators (the CPU's and ``device``'s) seeded with ``seed`` inside, and restored to the
+    caller's state on exit: what a trunk draws from them (dropout, drop-connect) is then reproducible."""
+    mod = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if mod is None or not callable(getattr(mod, "get_rng_state", None)):
+        devices, kind = [], "cuda"
+    else:
+        index = device.index if device.index is not None else (mod.current_device() if device.type == "cuda" else 0)
+        devices, kind = [index], device.type
+    with torch.random.fork_rng(devices=devices, device_type=kind):
+        torch.random.default_generator.manual_seed(seed)
+        if devices and kind == "cuda":
+            torch.cuda.default_generators[devices[0]].manual_seed(seed)
+        elif devices:
+            mod.manual_seed(seed)  # type: ignore[union-attr]  # mps, xpu...: one generator per process
+        yield
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -307,7 +338,8 @@ def train(
         run_dir: where to write checkpoints (see the module docstring); None keeps everything in memory.
         resume: continue from ``run_dir/last.pt`` (the configs must match); without it, a ``run_dir`` that
             already holds checkpoints is refused.
-        record: extra JSON-safe information stored in ``config.json`` (backbone, data).
+        record: extra JSON-safe information stored in ``config.json`` (backbone, data); when resuming, the
+            saved entries not given here are kept.
         max_stages: stop after this many stages in this call (for tests; resume later).
 
     The model's ``requires_grad`` flags and training mode are restored at the end.
@@ -326,6 +358,7 @@ def train(
     best_state: dict[str, Tensor] | None = None
     start = 0
     out = Path(run_dir) if run_dir is not None else None
+    device = model.prototype_vectors.device
     run_config = {"seewhy_protopnet_run": RUN_FORMAT, "model": model.config(),
                   "preprocessing": dataclasses.asdict(prep), "train": config.to_dict(), **dict(record or {})}
     if out is not None:
@@ -333,18 +366,23 @@ def train(
         if not resume and any((out / n).exists() for n in ("last.pt", "best.pt")):
             raise FileExistsError(f"{str(out)!r} already holds a run (last.pt/best.pt); pass resume=True to continue "
                                   "it, or choose another run_dir")
+        saved = _read_json(out / "config.json") if resume and (out / "config.json").is_file() else None
+        if saved is not None and not isinstance(saved, dict):
+            raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
         if resume and (out / "last.pt").is_file():
-            saved = _read_json(out / "config.json") if (out / "config.json").is_file() else None
             if saved is not None and saved.get("train") != run_config["train"]:
                 diff = sorted(k for k in run_config["train"] if saved.get("train", {}).get(k) != run_config["train"][k])
                 raise ValueError(f"cannot resume {str(out)!r} with other training settings ({', '.join(diff)}); "
                                  "resume with the saved config.json or start a new run")
-            state = _load(out / "last.pt", model.prototype_vectors.device)
+            state = _load(out / "last.pt", device)
             model.load_state_dict(state["model"])
             for key in ("warm", "joint", "last", "scheduler"):
                 opt[key].load_state_dict(state[key])
             start = int(state["stage"]) + 1
             history = _read_json(out / "history.json") if (out / "history.json").is_file() else []
+            if len(history) < start:
+                log.warning("%s has %d entries for %d finished stages: the history misses stages",
+                            out / "history.json", len(history), start)
             history = history[:start]
             if (out / "best.json").is_file() and (out / "best.pt").is_file():
                 best = _read_json(out / "best.json")
@@ -353,6 +391,8 @@ def train(
                      stages[start - 1] if start else "start")
         elif resume:
             log.warning("nothing to resume in %s (no last.pt): starting from the beginning", out)
+        if saved is not None:  # keep what this call does not restate (backbone, data from train_folder)
+            run_config = {**saved, **run_config}
         _write_json(run_config, out / "config.json")
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -365,15 +405,19 @@ def train(
             g = _stage_generator(config.seed, s)
             ts = time.perf_counter()
             desc = f"[{s + 1}/{len(stages)}] {stage}"
-            if stage.phase == "push":
-                res = push_prototypes(model, train_data, prep, batch_size=config.push_batch_size,
-                                      percentile=config.percentile, progress=progress)
-                metrics: dict[str, float] = {"moved": float(res.moved.mean())}
-            else:
-                metrics = _epoch(model, train_data, prep, stage.phase, opt[stage.phase], config, g, progress, desc)
-                if stage.phase == "joint":
-                    opt["scheduler"].step()
-            val = evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
+            with _seeded_global_rng(_stage_seed(config.seed, s, salt=67890), device):
+                if stage.phase == "push":
+                    res = push_prototypes(model, train_data, prep, batch_size=config.push_batch_size,
+                                          percentile=config.percentile, progress=progress)
+                    metrics: dict[str, float] = {"moved": float(res.moved.mean())}
+                else:
+                    if stage.phase in ("warm", "joint"):  # the prototypes move off their source patches
+                        model.reset_prototype_sources()
+                    metrics = _epoch(model, train_data, prep, stage.phase, opt[stage.phase], config, g, progress,
+                                     desc)
+                    if stage.phase == "joint":
+                        opt["scheduler"].step()
+                val = evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
             entry = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
                      "train": metrics, "val": val, "seconds": time.perf_counter() - ts}
             history.append(entry)
@@ -386,11 +430,11 @@ def train(
                 if out is not None:
                     _save(best_state, out / "best.pt")
                     _write_json(best, out / "best.json")
-            if out is not None:
+            if out is not None:  # the history first: a resume drops entries after the stage of last.pt
+                _write_json(history, out / "history.json")
                 state = {"model": model.state_dict(), "stage": s, **{k: opt[k].state_dict() for k in
                                                                      ("warm", "joint", "last", "scheduler")}}
                 _save(state, out / "last.pt")
-                _write_json(history, out / "history.json")
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -510,6 +554,11 @@ class Run:
     checkpoint: str
     best: dict[str, Any] | None = None
     split: dict[str, Any] | None = None
+
+    @property
+    def percentile(self) -> float:
+        """The percentile of the similarity map that bounds the boxes (the run's setting, 95 by default)."""
+        return float(self.config.get("train", {}).get("percentile", 95.0))
 
     @property
     def data_root(self) -> Path | None:

@@ -28,7 +28,8 @@ from seewhy.protopnet import (
 
 CLASSES = ("plus", "ring", "x")
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-CONFIG = TrainConfig(epochs=12, warm_epochs=2, push_start=12, push_every=10, last_layer_epochs=5, batch_size=25,
+# one warm-up epoch: the trunk is random and stays in eval mode (BatchNorm at its initial statistics) while warming
+CONFIG = TrainConfig(epochs=12, warm_epochs=1, push_start=12, push_every=10, last_layer_epochs=5, batch_size=25,
                      lr_features=3e-3, lr_last_layer=1e-2, lr_step=100, augment=Augment(rotate=0, shear=0))
 
 

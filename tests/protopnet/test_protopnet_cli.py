@@ -60,6 +60,7 @@ def test_explain_writes_a_report_with_rows(run_dir: Path, tmp_path: Path) -> Non
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count('class="evidence-row"') == 2 * 3
     assert "broken.png" in html and "data:image/png;base64," in html and "http" not in html.split("<body>")[1]
+    assert "at or above its 95th percentile" in html  # the run's setting
     record = json.loads((out / "explanations.json").read_text())
     assert [r["name"] for r in record["local"]] == ["000", "010"]
     row = record["local"][0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from protopnet_helpers import CONFIG, PREP, new_model, synthetic
+from protopnet_helpers import CONFIG, PREP, new_model, synthetic, write_folder
 from torch import nn
 
 from seewhy.hooks import count_hooks
@@ -21,6 +23,7 @@ from seewhy.protopnet import (
     high_activation_box,
     log_similarity,
     protopnet_loss,
+    scan_folder,
     schedule,
     stratified_split,
     trunk,
@@ -207,3 +210,18 @@ def test_tensor_images() -> None:
     with pytest.raises(ValueError, match="normalisation"):
         TensorImages(torch.full((1, 3, 4, 4), -1.0), [0])
     assert PREP.image_size == 32
+
+
+def test_scan_folder_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", n_per_class=2)
+    (root / "plus" / "nested").mkdir()
+    shutil.copy(root / "plus" / "000.png", root / "plus" / "nested" / "a.png")  # nested folders are searched
+    for hidden in ("plus/.ipynb_checkpoints/000-checkpoint.png", "ring/deep/.cache/b.png", "x/.c.png",
+                   ".trash/plus/d.png"):
+        (root / hidden).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "plus" / "000.png", root / hidden)
+    classes, files, labels = scan_folder(root)
+    assert classes == ["plus", "ring", "x"]
+    assert files == ["plus/000.png", "plus/001.png", "plus/nested/a.png", "ring/002.png", "ring/003.png",
+                     "x/004.png", "x/005.png"]
+    assert labels == [0, 0, 0, 1, 1, 2, 2]
