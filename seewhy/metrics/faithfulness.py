@@ -721,7 +721,7 @@ def _subset_count(size: int | float, n: int) -> int:
     if isinstance(size, float):
         if not 0 < size < 1:
             raise ValueError(f"subset_size as a fraction must be in (0, 1), got {size!r}")
-        return max(1, round(size * n))
+        return min(max(1, round(size * n)), n - 1)  # at least one pixel kept: a full subset has no variance
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size < n:
         raise ValueError(f"subset_size must be an int in [1, {n - 1}] pixels or a fraction in (0, 1), got {size!r}")
     return size
@@ -772,6 +772,9 @@ def infidelity(
     n_samples = _positive_int(n_samples, "n_samples")
     if not isinstance(noise_std, (int, float)) or noise_std < 0:
         raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
+    if perturbation == "gaussian" and noise_std == 0:
+        raise ValueError("noise_std=0 with the gaussian perturbation perturbs nothing (infidelity would be 0 for any "
+                         "map); use noise_std > 0, or perturbation='baseline' for the deterministic baseline")
     if perturbation == "baseline" and noise_std == 0:
         n_samples = 1
     with model_state(model):

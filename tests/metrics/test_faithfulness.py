@@ -368,3 +368,12 @@ def test_clear_errors(linear):
         deletion_auc(model, x, a, t, score="softmax")
     with pytest.raises(TypeError, match="attributions must be a torch.Tensor"):
         deletion_auc(model, x, a.numpy(), t)
+
+
+def test_infidelity_refuses_a_perturbation_of_zero_and_subsets_keep_a_pixel(linear) -> None:
+    from seewhy.metrics.faithfulness import _subset_count, infidelity
+
+    model, x = linear[0], linear[1]
+    with pytest.raises(ValueError, match="perturbs nothing"):
+        infidelity(model, x, torch.zeros_like(x), noise_std=0.0)
+    assert _subset_count(0.999, 100) == 99
