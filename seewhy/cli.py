@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import __version__, images, report, zoo
 from .argtypes import positive_int
-from .core import METHODS, explain, get_method
+from .core import METHODS, explain, get_method, seeded
 from .hooks import model_state
 from .layers import resolve_layer
 from .targets import make_target
@@ -439,9 +439,7 @@ def _plan(args: argparse.Namespace, defaults: dict[str, dict[str, Any]] | None =
     params: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for m in methods:
         fields = {f.name for f in dataclasses.fields(METHODS[m])}
-        params[m].update({k: v for k, v in (defaults or {}).get(m, {}).items() if k in fields})
-        if "seed" in fields:
-            params[m]["seed"] = args.seed
+        params[m] = seeded(m, {k: v for k, v in (defaults or {}).get(m, {}).items() if k in fields}, args.seed)
     for item in args.sets:
         m, key, value = _parse_set(item)
         if m not in METHODS:

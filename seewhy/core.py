@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,6 +34,16 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 def list_methods() -> list[str]:
     """Names of the registered methods, in registration order."""
     return list(METHODS)
+
+
+def seeded(name: str, params: Mapping[str, Any] | None, seed: int | None) -> dict[str, Any]:
+    """``params`` for the registered method ``name``, with ``seed`` added when the method draws random numbers (it
+    has a ``seed`` parameter) and ``params`` does not set one: how callers pass one run seed to every method."""
+    out = dict(params or {})
+    if seed is not None and "seed" not in out and name in METHODS and \
+            "seed" in {f.name for f in dataclasses.fields(METHODS[name])}:
+        out["seed"] = seed
+    return out
 
 
 def get_method(name: str, **params: Any) -> Method:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .core import Explanation, explain, get_method
+from .core import Explanation, explain, get_method, seeded
 from .hooks import model_state
 from .metrics import get_metric, sanity
 from .targets import TargetSpec
@@ -239,9 +239,7 @@ def evaluate(
     disable = None if progress is None else not progress  # None: only on a terminal
     with tqdm(total=total, desc="evaluating", unit="step", disable=disable, leave=False) as bar:
         for method in [*names, *extra]:
-            params = dict(method_params.get(method, {}))
-            if "seed" in _fields(method) and "seed" not in params:
-                params["seed"] = seed
+            params = seeded(method, method_params.get(method), seed)
             bar.set_postfix_str(method)
             exps, seconds = [], []
             try:
@@ -341,9 +339,7 @@ def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_
     for method in methods:
         if method in result.errors:
             continue
-        params = dict(method_params.get(method, {}))
-        if "seed" in _fields(method) and "seed" not in params:
-            params["seed"] = seed
+        params = seeded(method, method_params.get(method), seed)
         try:
             for start in range(0, len(cases), batch_size):
                 sl = slice(start, start + batch_size)
@@ -378,14 +374,6 @@ def _rows(target: TargetSpec, sl: slice) -> TargetSpec:
     if isinstance(target, (list, tuple)):
         return list(target[sl])
     return target
-
-
-def _fields(method: str) -> set[str]:
-    import dataclasses
-
-    from .core import METHODS
-
-    return {f.name for f in dataclasses.fields(METHODS[method])}
 
 
 def _arrow(metric: str) -> str:

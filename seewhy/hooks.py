@@ -20,6 +20,8 @@ def model_state(model: nn.Module, *, eval: bool = True, freeze: bool = True) -> 
     Freezing (``requires_grad=False``) keeps autograd from tracking the weights, so input gradients are
     cheaper; every module's ``.training`` flag and every parameter's ``requires_grad`` come back as they were.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     training = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:

@@ -34,10 +34,10 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -278,25 +278,35 @@ def write_explain_report(
     )
 
     manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()  # fails before anything is written
+    contents: dict[str, bytes | Callable[[BinaryIO], Any]] = {
+        **(files or {}), "attributions.npz": lambda f: np.savez(f, **arrays), "manifest.json": manifest_bytes,
+    }
+    index = write_report_files(out, contents, html)
+    return index
+
+
+def write_report_files(out: Path, files: Mapping[str, bytes | Callable[[BinaryIO], Any]], html: str) -> Path:
+    """Write a report's files into ``out`` and its ``index.html`` last; returns the index's path.
+
+    Each value is the content or a function that writes it to a binary file. Every file is written atomically;
+    an old ``index.html`` is removed first (an old report must not look complete next to new data), and when
+    a write fails (disk full, interrupted) the files written so far, and ``out`` if this call created it, are
+    removed again: no partial report is left behind.
+    """
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
-    index.unlink(missing_ok=True)  # the old report must not look complete next to new data
+    index.unlink(missing_ok=True)
     written: list[Path] = []
     try:
-        for name, content in (files or {}).items():
+        for name, content in {**files, "index.html": html.encode("utf-8")}.items():
             with _atomic(out / name) as f:
-                f.write(content)
+                if callable(content):
+                    content(f)
+                else:
+                    f.write(content)
             written.append(out / name)
-        with _atomic(out / "attributions.npz") as f:
-            np.savez(f, **arrays)
-        written.append(out / "attributions.npz")
-        with _atomic(out / "manifest.json") as f:
-            f.write(manifest_bytes)
-        written.append(out / "manifest.json")
-        with _atomic(index) as f:
-            f.write(html.encode("utf-8"))
-    except BaseException:  # a failed write (disk full, interrupted) leaves no partial report behind
+    except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         if created:

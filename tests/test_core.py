@@ -73,3 +73,12 @@ def test_callable_target_for_non_classification_output(inputs: torch.Tensor) -> 
     assert exp.targets is None and exp.scores.shape == (3,)
     far = exp.attributions[..., 24:, 24:]
     assert far.abs().max() == 0 and exp.attributions[..., 8:16, 8:16].abs().sum() > 0
+
+
+def test_seeded_adds_the_run_seed_only_to_methods_that_draw() -> None:
+    from seewhy.core import seeded
+
+    assert seeded("smoothgrad", {"n_samples": 2}, 7) == {"n_samples": 2, "seed": 7}
+    assert seeded("smoothgrad", {"seed": 1}, 7) == {"seed": 1}  # the method's own seed wins
+    assert seeded("saliency", None, 7) == {}
+    assert seeded("smoothgrad", None, None) == {}

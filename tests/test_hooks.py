@@ -92,3 +92,9 @@ def test_capture_is_safe_with_a_following_inplace_relu() -> None:
         (g,) = torch.autograd.grad(out[:, 1].sum(), acts["features.0"])
     torch.testing.assert_close(acts["features.0"], conv_out.detach())
     assert (g[conv_out < 0] == 0).all() and g.abs().sum() > 0
+
+
+def test_model_state_names_a_non_module() -> None:
+    with pytest.raises(TypeError, match="must be a torch.nn.Module, got function"):
+        with model_state(lambda x: x):
+            pass

@@ -38,6 +38,7 @@ from ..engine import evaluate, evaluate_masks, forward, generator, make_baseline
 from ..hooks import model_state
 from ..targets import Target, TargetSpec, make_target
 from .registry import register_metric
+from .similarity import pearson
 
 Substitute = float | str | Tensor
 
@@ -654,14 +655,6 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 # faithfulness correlation, infidelity
 
 
-def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise Pearson correlation of (B, n) tensors (NaN for a constant row)."""
-    a = a.double() - a.double().mean(1, keepdim=True)
-    b = b.double() - b.double().mean(1, keepdim=True)
-    den = (a.square().sum(1) * b.square().sum(1)).sqrt()
-    return torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), float("nan"))
-
-
 @register_metric("faithfulness_correlation", family="faithfulness", higher_is_better=True,
                  cost=lambda p: int(p.get("n_runs", 100)) + 1)
 def faithfulness_correlation(
@@ -714,7 +707,7 @@ def faithfulness_correlation(
         perturbed = evaluate_masks(model, inputs, base, masks, sample, t, batch_size=batch_size, score=mode,
                                    desc="faithfulness_correlation")
     drops = clean.repeat_interleave(n_runs) - perturbed
-    return _pearson(sums.view(b, n_runs), drops.view(b, n_runs)).to(clean.dtype)
+    return pearson(sums.view(b, n_runs), drops.view(b, n_runs)).to(clean.dtype)
 
 
 def _subset_count(size: int | float, n: int) -> int:

@@ -17,7 +17,6 @@ prediction) and stays fixed for every randomized model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import logging
 import math
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import postprocess
-from ..core import METHODS, Method, check_inputs, get_method
+from ..core import Method, check_inputs, get_method, seeded
 from ..hooks import model_state
 from ..layers import resolve_layer
 from ..targets import TargetSpec, make_target
@@ -52,10 +51,7 @@ def _explainer(method: Explainer, params: dict[str, Any] | None,
     draws random numbers gets the metric's ``seed`` unless ``params`` sets its own, so the metric is reproducible."""
     params = dict(params or {})
     if isinstance(method, str):
-        if seed is not None and "seed" not in params and method in METHODS and \
-                "seed" in {f.name for f in dataclasses.fields(METHODS[method])}:
-            params["seed"] = seed
-        m = get_method(method, **params)
+        m = get_method(method, **seeded(method, params, seed))
         return m, m.name, dict(m.heatmap_convention)
     if params:
         raise ValueError(
@@ -121,13 +117,6 @@ def _hog_cell(measures: Sequence[str], hw: tuple[int, int], pixels_per_cell: int
         log.info("hog: %d px cells do not fit in %s maps; using %d px cells", pixels_per_cell, hw, max(1, fit))
         return max(1, fit)
     return pixels_per_cell
-
-
-def _nanmean(x: Tensor, dim: int) -> Tensor:
-    ok = ~torch.isnan(x)
-    n = ok.sum(dim)
-    s = torch.where(ok, x, torch.zeros_like(x)).sum(dim)
-    return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
 
 
 # --- which layers, and how they are randomized ----------------------------------------------------------------------
@@ -255,7 +244,7 @@ class RandomizationResult:
 
     def mean(self, measure: str = "spearman_abs") -> Tensor:
         """(B,) similarity averaged over the randomization steps (the unrandomized map is not counted)."""
-        return _nanmean(self._scores(measure), 0)
+        return torch.nanmean(self._scores(measure), 0)
 
     def last(self, measure: str = "spearman_abs") -> Tensor:
         """(B,) similarity after the last step (cascading: the fully randomized model)."""

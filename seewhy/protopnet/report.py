@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..report import _atomic, _jsonable, _versions, prepare_out_dir, template_env
+from ..report import _jsonable, _versions, prepare_out_dir, template_env, write_report_files
 from .data import ImageSet
 from .explain import Box, LocalExplanation, PrototypeSummary
 from .model import ProtoPNet
@@ -280,18 +280,9 @@ def write_protopnet_report(
                    prototypes=global_ctx, failures=[(str(p), str(r)) for p, r in failures],
                    n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None,
                    percentile=_ordinal(float(percentile)))
-    out.mkdir(parents=True, exist_ok=True)
-    index = out / "index.html"
-    index.unlink(missing_ok=True)
-    with _atomic(out / "explanations.json") as f:
-        f.write(json.dumps(record, indent=2, allow_nan=False).encode("utf-8"))
-    with _atomic(out / "local.csv") as f:
-        f.write(local_csv)
-    with _atomic(out / "prototypes.csv") as f:
-        f.write(protos_csv)
-    with _atomic(index) as f:
-        f.write(html.encode("utf-8"))
-    return index
+    files = {"explanations.json": json.dumps(record, indent=2, allow_nan=False).encode("utf-8"),
+             "local.csv": local_csv, "prototypes.csv": protos_csv}
+    return write_report_files(out, files, html)
 
 
 def _render(**context: Any) -> str:
