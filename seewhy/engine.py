@@ -245,6 +245,26 @@ def make_baseline(inputs: Tensor, baseline: float | str | Tensor, *, blur_sigma:
     raise ValueError(f"unknown baseline {baseline!r}; use a number, 'mean', 'blur' or a tensor")
 
 
+_M64 = (1 << 64) - 1
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A seed for one part of a seeded computation (an image, a draw, a training stage): splitmix64 of ``seed`` and
+    ``keys``, so each part's randomness does not depend on how the work is chunked or ordered."""
+    h = int(seed) & _M64
+    for k in keys:
+        z = (h + 0x9E3779B97F4A7C15 + (int(k) & _M64)) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        h = z ^ (z >> 31)
+    return h
+
+
+def row_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded with :func:`derive_seed` ``(seed, *keys)``."""
+    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
 def generator(seed: int | None) -> tuple[torch.Generator, int]:
     """A CPU generator seeded with ``seed`` (drawn from torch's global generator when None), and the seed."""
     if seed is None:

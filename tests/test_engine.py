@@ -154,3 +154,11 @@ def test_generator_is_seeded() -> None:
 def test_progress_bar_can_be_forced() -> None:
     model, rows = Recorder(), _rows()
     evaluate(model, rows, torch.zeros(23, dtype=torch.long), make_target(0, 1), like=rows[:1], progress=True)
+
+
+def test_derive_seed_is_a_pure_function_of_the_seed_and_keys() -> None:
+    from seewhy.engine import derive_seed, row_generator
+
+    assert derive_seed(3, 1, 2) == derive_seed(3, 1, 2)
+    assert len({derive_seed(3, 1, 2), derive_seed(3, 2, 1), derive_seed(4, 1, 2), derive_seed(3, 1)}) == 4
+    assert torch.equal(torch.rand(3, generator=row_generator(3, 7)), torch.rand(3, generator=row_generator(3, 7)))

@@ -34,7 +34,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import check_inputs
-from ..engine import evaluate, evaluate_masks, forward, generator, make_baseline, resolve_score, score_rows
+from ..engine import (
+    evaluate,
+    evaluate_masks,
+    forward,
+    generator,
+    make_baseline,
+    resolve_score,
+    row_generator,
+    score_rows,
+)
 from ..hooks import model_state
 from ..targets import Target, TargetSpec, make_target
 from .registry import register_metric
@@ -93,20 +102,6 @@ def _prepare(
         output = forward(model, inputs, batch_size=batch_size)
         t = t.resolve(output)
     return inputs, t, output
-
-
-_M64 = (1 << 64) - 1
-
-
-def _row_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator for one (image, draw) pair: splitmix64 of (seed, keys), independent of any chunking."""
-    h = seed & _M64
-    for k in keys:
-        z = (h + 0x9E3779B97F4A7C15 + (int(k) & _M64)) & _M64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-        h = z ^ (z >> 31)
-    return torch.Generator().manual_seed(h)
 
 
 def _rise_blur(inputs: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
@@ -503,7 +498,7 @@ def noisy_linear_imputation(
     inputs = check_inputs(inputs)
     keep = _check_keep(keep, inputs)
     gen_seed = generator(seed)[1]
-    gens = [_row_generator(gen_seed, i) for i in range(inputs.shape[0])]
+    gens = [row_generator(gen_seed, i) for i in range(inputs.shape[0])]
     return _impute(inputs, keep, noise, gens, tol, max_iter)
 
 
@@ -608,7 +603,7 @@ def road(
             r = ranks[s.to(ranks.device)]
             c = counts[p.to(counts.device)].view(-1, 1, 1, 1)
             removed = torch.where(lerf_flag[o.to(lerf_flag.device)].view(-1, 1, 1, 1), r >= n - c, r < c)
-            gens = [_row_generator(gen_seed, int(i), int(orders[oi] == "lerf"), int(pi))
+            gens = [row_generator(gen_seed, int(i), int(orders[oi] == "lerf"), int(pi))
                     for i, oi, pi in zip(s.tolist(), o.tolist(), p.tolist(), strict=True)]
             return _impute(inputs[s.to(inputs.device)], ~removed, noise, gens, tol, max_iter)
 
@@ -699,7 +694,7 @@ def faithfulness_correlation(
         def masks(idx: Tensor) -> Tensor:
             keep = torch.ones(len(idx), n, dtype=torch.bool)
             for j, (i, r) in enumerate(zip(sample[idx].tolist(), run[idx].tolist(), strict=True)):
-                keep[j, torch.randperm(n, generator=_row_generator(gen_seed, i, r))[:k]] = False
+                keep[j, torch.randperm(n, generator=row_generator(gen_seed, i, r))[:k]] = False
             keep = keep.to(inputs.device)
             sums[idx.to(sums.device)] = (pmap[sample[idx].to(pmap.device)] * ~keep).sum(1, dtype=torch.float64)
             return keep.view(len(idx), 1, *inputs.shape[-2:])
@@ -793,7 +788,7 @@ def infidelity(
         def rows(idx: Tensor) -> Tensor:
             s = sample[idx].to(inputs.device)
             eps = torch.stack([
-                torch.randn(inputs.shape[1:], generator=_row_generator(gen_seed, i, d), dtype=torch.float32)
+                torch.randn(inputs.shape[1:], generator=row_generator(gen_seed, i, d), dtype=torch.float32)
                 for i, d in zip(sample[idx].tolist(), draw[idx].tolist(), strict=True)
             ]).to(inputs) * noise_std
             pert = eps if perturbation == "gaussian" else inputs[s] - base[s] - eps

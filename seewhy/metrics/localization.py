@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from ..core import check_inputs
+from ..images import resize_crop
 from ..targets import TargetSpec
 from .faithfulness import _pixel_map, _ranks
 from .registry import register_metric
@@ -310,12 +311,10 @@ def load_masks(
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read mask {p} as an image ({err}); give PNG masks") from None
         m = Image.fromarray(arr.astype(np.uint8) * 255)
-        sx, sy, left, top = _geometry(m.size, (h, w), resize)
         if resize is None:
             m = m.resize((w, h), Image.Resampling.NEAREST)
-        else:
-            m = m.resize((round(m.size[0] * sx), round(m.size[1] * sy)), Image.Resampling.NEAREST)
-            m = m.crop((left, top, left + w, top + h))
+        else:  # the images' own preprocessing, with nearest-neighbour sampling
+            m = resize_crop(m, resize, (h, w), interpolation="nearest").convert("L")
         out.append(torch.from_numpy(np.asarray(m) > 127))
     if not out:
         raise ValueError("give at least one mask path")

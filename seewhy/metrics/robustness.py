@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Method
-from ..engine import default_batch_size, generator
+from ..engine import default_batch_size, generator, row_generator
 from ..hooks import model_state
 from ..targets import Target, TargetSpec
-from .faithfulness import _positive_int, _prepare, _row_generator
+from .faithfulness import _positive_int, _prepare
 from .registry import register_metric
 from .sanity import _explainer
 
@@ -78,7 +78,7 @@ def sensitivities(
         for start in range(0, b * n_samples, size):
             s = sample[start : start + size]
             u = torch.stack([
-                torch.rand(inputs.shape[1:], generator=_row_generator(gen_seed, i, k), dtype=torch.float32)
+                torch.rand(inputs.shape[1:], generator=row_generator(gen_seed, i, k), dtype=torch.float32)
                 for i, k in zip(s.tolist(), draw[start : start + size].tolist(), strict=True)
             ]).to(inputs)
             y = inputs[s.to(inputs.device)] + (2 * u - 1) * radius
