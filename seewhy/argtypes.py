@@ -1,8 +1,11 @@
-"""argparse ``type=`` converters shared by the command lines: a bad value becomes a one-line usage error."""
+"""Command-line values shared by ``seewhy`` and ``seewhy protopnet``: argparse ``type=`` converters (a bad value
+becomes a one-line usage error) and the ``--device`` check."""
 
 from __future__ import annotations
 
 import argparse
+
+import torch
 
 
 def positive_int(text: str) -> int:
@@ -18,6 +21,23 @@ def count(text: str) -> int:
 def fraction(text: str) -> float:
     """A number in [0, 1)."""
     return _bounded(float, text, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+
+
+def device(name: str) -> torch.device:
+    """The torch device ``name`` (cpu, cuda, cuda:N, mps), checked to exist here.
+
+    Raises:
+        ValueError: an unknown or unavailable device, with what to use instead.
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def _bounded(kind: type, text: str, ok, what: str):  # type: ignore[no-untyped-def]

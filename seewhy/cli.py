@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, images, report, zoo
+from .argtypes import device as _device
 from .argtypes import positive_int
 from .core import METHODS, explain, get_method, seeded
 from .hooks import model_state
@@ -486,18 +487,6 @@ def _literal(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r}: CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {name!r}: MPS is not available here; use --device cpu")
-    return device
 
 
 def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, model_info: dict[str, Any],

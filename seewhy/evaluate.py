@@ -134,6 +134,11 @@ class Evaluation:
         }
 
 
+def cost_unit(metric: str) -> str:
+    """What a metric's cost counts: explanation calls for the metrics that re-run the method, else forward passes."""
+    return "explanations" if "method" in get_metric(metric).needs else "forward passes"
+
+
 def check_metric_params(metric: str, params: Mapping[str, Any]) -> None:
     """Raise ValueError when ``params`` has a name that metric ``metric`` does not take (listing the valid ones)."""
     import inspect
@@ -229,8 +234,7 @@ def evaluate(
         check_metric_params(m, p)
     costs = metric_costs(model, inputs, metrics, metric_params)
     for m in metrics:
-        unit = "explanations" if "method" in specs[m].needs else "forward passes"
-        log.info("%s: %d %s per image and method (%d in all)", m, costs[m], unit,
+        log.info("%s: %d %s per image and method (%d in all)", m, costs[m], cost_unit(m),
                  costs[m] * n * (len(names) + len(extra)))
 
     chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

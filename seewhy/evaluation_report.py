@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import viz
-from .evaluate import Evaluation
+from .evaluate import Evaluation, cost_unit
 from .metrics import get_metric
 from .report import Figure, ImageRow, MethodRun, Table, write_explain_report
 
@@ -87,8 +87,7 @@ def _cost_table(evaluation: Evaluation) -> Table:
     for metric in evaluation.metrics:
         spec = get_metric(metric)
         secs = [r.seconds for (_, m), r in evaluation.results.items() if m == metric]
-        unit = "explanations" if "method" in get_metric(metric).needs else "forwards"
-        rows.append([metric, spec.family, f"{evaluation.costs.get(metric, 0)} {unit}",
+        rows.append([metric, spec.family, f"{evaluation.costs.get(metric, 0)} {cost_unit(metric)}",
                      sum(secs) / max(1, len(secs)), spec.summary])
     return Table("Metrics", ["metric", "family", "cost per image and method", "seconds per method", "what"], rows)
 

@@ -27,11 +27,14 @@ import torch
 
 from .. import images, zoo
 from ..argtypes import count, fraction, positive_int
+from ..argtypes import device as _device
 from ..report import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
 __all__ = ["add_parser", "main", "run"]
+
+EXPLAIN_BATCH = 32  # images per forward in ``seewhy protopnet explain``
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -117,18 +120,6 @@ def run(args: argparse.Namespace) -> int:
     return {"train": _train, "explain": _explain, "prototypes": _prototypes}[command](args)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
-    return device
-
-
 def _command(args: argparse.Namespace) -> list[str]:
     return ["seewhy", *getattr(args, "argv", sys.argv[1:])]
 
@@ -197,11 +188,12 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     s = run_.prep.image_size
     rows = []
-    for path, img in loaded:
-        crop = np.asarray(images.resize_crop(img, s, s), dtype=np.uint8)
-        x = run_.preprocess(img).unsqueeze(0).to(device)
-        exp = explain_local(run_.model, x, args.target, top_k=args.top_k, percentile=run_.percentile)[0]
-        rows.append(LocalRow(images.image_name(path), crop, exp, source=path))
+    for start in range(0, len(loaded), EXPLAIN_BATCH):  # batched forwards
+        chunk = loaded[start : start + EXPLAIN_BATCH]
+        x = torch.stack([run_.preprocess(img) for _, img in chunk]).to(device)
+        exps = explain_local(run_.model, x, args.target, top_k=args.top_k, percentile=run_.percentile)
+        rows += [LocalRow(images.image_name(path), np.asarray(images.resize_crop(img, s, s), dtype=np.uint8), exp,
+                          source=path) for (path, img), exp in zip(chunk, exps, strict=True)]
     path = write_protopnet_report(
         args.out, run_.model, local=rows, train_data=_pictures(run_, args.data), info=_info(run_),
         failures=failures, title="seewhy protopnet explain", command=_command(args), overwrite=args.overwrite,
