@@ -22,7 +22,8 @@ Conventions (the backward signal is R / z; see :mod:`seewhy.methods.lrp.rules`):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,10 +38,13 @@ from ...targets import Target
 from ..gradient import GradientMethod
 from .canonizers import bn_key, merge_plan, resolve_canonizers
 from .composites import BATCHNORM, CONV, LINEAR, Composite, get_composite
-from .rules import Epsilon, Layer, Pass, Rule, safe_divide
+from .rules import Epsilon, Layer, Pass, Rule, Term, safe_divide
 
 _LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
-_ACTIVATIONS = (F.relu6, F.hardtanh, F.hardtanh_)
+_TRANSPOSED = {F.conv1d: F.conv_transpose1d, F.conv2d: F.conv_transpose2d, F.conv3d: F.conv_transpose3d}
+_CONV_ARGS = (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
+              ("groups", 1))
+Transpose = Callable[[Tensor, Tensor], Tensor]
 
 
 class _PassThrough(torch.autograd.Function):
@@ -58,33 +62,143 @@ class _PassThrough(torch.autograd.Function):
         return grad * ratio, None, None
 
 
-class _Modified(torch.autograd.Function):
-    """Forward: the layer output ``z`` as is; backward: sum_k vjp(graph_k, grad * scale_k) (a rule's terms)."""
+class _Node:
+    """The modified backward of one layer call: ``R -> sum_k mult_k * W_k^T (R * coef_k)`` (a rule's terms)."""
+
+    __slots__ = ("terms", "transpose")
+
+    def __init__(self, terms: list[Term], transpose: Transpose) -> None:
+        self.terms, self.transpose = terms, transpose
+
+    def backward(self, r: Tensor) -> Tensor:
+        out: Tensor | None = None
+        last = len(self.terms) - 1
+        for k, term in enumerate(self.terms):
+            # the last term may overwrite r (a temporary of the caller's) if the product keeps its shape
+            a = r.mul_(term.coef) if k == last and r.shape == torch.broadcast_shapes(r.shape, term.coef.shape) \
+                else r * term.coef
+            g = a if term.weight is None else self.transpose(a, term.weight)
+            if term.mult is not None:
+                g = g.mul_(term.mult) if g.shape == torch.broadcast_shapes(g.shape, term.mult.shape) else g * term.mult
+            out = g if out is None else out.add_(g)
+        assert out is not None
+        return out
+
+
+class _Saved:
+    """The value a node's output relevance is computed from (R = grad * num), its version at creation, and the
+    ledger entries that equal this output's relevance (BatchNorms with the pass rule folded into the node)."""
+
+    __slots__ = ("num", "version", "ledger")
+
+    def __init__(self, num: Tensor, ledger: list[list[Tensor]]) -> None:
+        self.num, self.version, self.ledger = num, num._version, ledger
+
+
+class _Relevance(torch.autograd.Function):
+    """Forward: ``num`` as is (the layer output, or a pass-through op applied to it); backward: the node's rule
+    applied to the output relevance ``R = grad * num``, as the gradient of the layer input ``x``."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, n: int, *scales_and_graphs: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(*scales_and_graphs[:n])
-        return z.detach()
+    def forward(ctx, num: Tensor, x: Tensor, node: _Node, saved: _Saved) -> Tensor:  # type: ignore[override]
+        ctx.node, ctx.saved, ctx.x = node, saved, x  # x: for nodes folded onto this one
+        return num.detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return (None, None, *(None for _ in ctx.saved_tensors), *(grad * s for s in ctx.saved_tensors))
+        saved: _Saved = ctx.saved
+        if saved.num._version != saved.version:
+            raise RuntimeError(
+                "lrp: the model modified a layer output in place through a view (e.g. out[:, :k] += ...); "
+                "write that operation out of place to explain this model with LRP"
+            )
+        r = grad * saved.num  # a fresh tensor: the node may overwrite it
+        for holder in saved.ledger:
+            holder.append(r.flatten(1).sum(1))
+        return None, ctx.node.backward(r), None, None
 
 
-def _activation_bounds(func: Any, args: tuple, kwargs: dict) -> tuple[float, float, bool] | None:
-    """(lo, hi, inplace) of a rectifier call with lower bound 0, else None."""
+def _rectifier(func: Any, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
+    """(lo, hi, inplace) of a rectifier call with lower bound 0 (hi None: no upper bound), else None."""
     def arg(i: int, key: str, default: Any) -> Any:
         return kwargs.get(key, args[i] if len(args) > i else default)
 
+    if func is F.relu:
+        return 0.0, None, bool(arg(1, "inplace", False))
+    if func in (torch.relu, torch.Tensor.relu):
+        return 0.0, None, False
+    if func in (torch.relu_, torch.Tensor.relu_):
+        return 0.0, None, True
     if func is F.relu6:
         return 0.0, 6.0, bool(arg(1, "inplace", False))
-    lo, hi = arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)
-    inplace = func is F.hardtanh_ or bool(arg(3, "inplace", False))
-    return (0.0, float(hi), inplace) if lo == 0 else None
+    if func in (F.hardtanh, F.hardtanh_):
+        lo, hi = arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)
+        inplace = func is F.hardtanh_ or bool(arg(3, "inplace", False))
+        return (0.0, float(hi), inplace) if lo == 0 else None
+    return None
+
+
+_RECTIFIERS = frozenset((F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.relu6,
+                         F.hardtanh, F.hardtanh_))
+
+
+def _is_inplace(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "__iadd__", "__isub__",
+                                                                         "__imul__", "__itruediv__")
+
+
+def _conv_transpose(func: Any, x: Tensor, z: Tensor, w: Tensor, stride: Any, padding: Any, dilation: Any,
+                    groups: int) -> Transpose | None:
+    """The input gradient of a convolution as a transposed convolution (much faster than the generic
+    convolution backward for strided depthwise layers on CPU), or None where it cannot be written so."""
+    n = w.ndim - 2
+    if x.ndim != w.ndim or z.ndim != w.ndim:
+        return None
+
+    def tup(v: Any) -> tuple[int, ...]:
+        return (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
+
+    s, d, k = tup(stride), tup(dilation), tuple(w.shape[2:])
+    if isinstance(padding, str):
+        total = [d[i] * (k[i] - 1) for i in range(n)]
+        if padding == "valid":
+            p = (0,) * n
+        elif padding == "same" and all(t % 2 == 0 for t in total):
+            p = tuple(t // 2 for t in total)
+        else:
+            return None
+    else:
+        p = tup(padding)
+    op = tuple(x.shape[2 + i] - ((z.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1) for i in range(n))
+    if any(not 0 <= op[i] < max(s[i], d[i]) for i in range(n)):
+        return None
+    transposed = _TRANSPOSED[func]
+
+    def transpose(a: Tensor, weight: Tensor) -> Tensor:
+        return transposed(a, weight, None, s, p, op, groups, d)
+
+    return transpose
+
+
+def _vjp_transpose(fn: Any, x: Tensor) -> Transpose:
+    """The input gradient of ``fn(x, W)`` by autograd (the fallback for unusual convolution arguments)."""
+    def transpose(a: Tensor, weight: Tensor) -> Tensor:
+        with torch.enable_grad():
+            leaf = torch.zeros_like(x).requires_grad_(True)
+            return torch.autograd.grad(fn(leaf, weight, None), leaf, a)[0]
+
+    return transpose
 
 
 class _LRPMode(TorchFunctionMode):
-    """Applies a composite's rules (and merged BatchNorms) to the layer calls made inside the block."""
+    """Applies a composite's rules (and merged BatchNorms) to the layer calls made inside the block.
+
+    The layer outputs are computed without autograd; each rule-modified call returns a :class:`_Relevance`
+    node. A pass-through op (rectifier, BatchNorm with the pass rule) applied to such an output is folded into
+    the node: the new node computes the output relevance from the op's output (R = grad * a), which is what
+    passing relevance through the op means, without a backward step of its own.
+    """
 
     def __init__(self, model: nn.Module, composite: Composite | None, pairs: Sequence[tuple[str, str]],
                  ledger: bool = False) -> None:
@@ -100,6 +214,9 @@ class _LRPMode(TorchFunctionMode):
         self.ledger = ledger
         self.entries: list[tuple[str, list[Tensor]]] = []
         self.calls: dict[str, int] = {}
+        # weak references: a dead intermediate (a layer output folded into a BatchNorm / rectifier) is freed
+        self.outputs: dict[int, weakref.ref] = {}
+        self.nonneg: dict[int, weakref.ref] = {}
         self.first_seen = False
         self.input_rule = False
         self.count = 0
@@ -110,12 +227,77 @@ class _LRPMode(TorchFunctionMode):
             return self._layer(func, args, kwargs)
         if func is F.batch_norm and len(args) > 1:
             return self._batch_norm(func, args, kwargs)
-        if func in _ACTIVATIONS and self.composite is not None and args and isinstance(args[0], Tensor):
-            bounds = _activation_bounds(func, args, kwargs)
-            if bounds is not None and torch.is_grad_enabled() and args[0].requires_grad:
-                out = _PassThrough.apply(args[0], bounds[0], bounds[1])
-                return args[0].copy_(out) if bounds[2] else out
-        return func(*args, **kwargs)
+        if self.composite is None or not args or not isinstance(args[0], Tensor):
+            return func(*args, **kwargs)
+        if func in _RECTIFIERS:
+            bounds = _rectifier(func, args, kwargs)
+            if bounds is not None:
+                return self._rectify(func, args, kwargs, *bounds)
+        if self.outputs and id(args[0]) in self.outputs and _is_inplace(func):
+            self._unshare(args[0])
+        out = func(*args, **kwargs)
+        if func is F.pad and self._is_nonneg(args[0]) and isinstance(out, Tensor):
+            value = kwargs.get("value", args[3] if len(args) > 3 else None)
+            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+            if mode != "constant" or value is None or value >= 0:
+                self._mark_nonneg(out)
+        return out
+
+    # --- the nodes ----------------------------------------------------------------------------------------
+
+    def _emit(self, node: _Node, num: Tensor, x: Tensor, ledger: list[list[Tensor]] | None = None) -> Tensor:
+        saved = _Saved(num, ledger or [])
+        out = _Relevance.apply(num, x, node, saved)
+        self.outputs[id(out)] = weakref.ref(out)
+        return out
+
+    def _node_of(self, t: Tensor) -> Any:
+        """The autograd node (``_Relevance`` context: node, saved, x) whose output ``t`` is, or None."""
+        ref = self.outputs.get(id(t))
+        if ref is None or ref() is not t or getattr(t.grad_fn, "saved", None) is None:
+            return None
+        return t.grad_fn
+
+    def _unshare(self, t: Tensor) -> None:
+        """``t`` (a node output) is about to change in place: keep the value its node needs; ``t`` is no longer
+        that node's output."""
+        ctx = self._node_of(t)
+        self.outputs.pop(id(t), None)
+        if ctx is not None and ctx.saved.num.data_ptr() == t.data_ptr():
+            ctx.saved.num = ctx.saved.num.clone()
+            ctx.saved.version = ctx.saved.num._version
+
+    def _mark_nonneg(self, t: Tensor) -> None:
+        self.nonneg[id(t)] = weakref.ref(t)
+
+    def _is_nonneg(self, t: Tensor) -> bool:
+        ref = self.nonneg.get(id(t))
+        return ref is not None and ref() is t
+
+    def _rectify(self, func: Any, args: tuple, kwargs: dict, lo: float, hi: float | None, inplace: bool) -> Tensor:
+        x = args[0]
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return func(*args, **kwargs)
+        entry = self._node_of(x)
+        if entry is None:  # not a node output: the plain gradient of a ReLU passes relevance; relu6 needs a node
+            if inplace and id(x) in self.outputs:
+                self._unshare(x)
+            out = func(*args, **kwargs) if hi is None else _PassThrough.apply(x, lo, hi)
+            if hi is not None and inplace:
+                out = x.copy_(out)
+        elif inplace:  # the node now computes R from the rectified value: no new node
+            with torch.no_grad():
+                x.clamp_(min=lo) if hi is None else x.clamp_(lo, hi)
+            entry.saved.version = entry.saved.num._version
+            out = x
+        else:
+            with torch.no_grad():
+                a = x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
+            out = self._emit(entry.node, a, entry.x, entry.saved.ledger)
+        self._mark_nonneg(out)
+        return out
+
+    # --- layers -------------------------------------------------------------------------------------------
 
     def _layer(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
         x, w = args[0], args[1]
@@ -129,9 +311,18 @@ class _LRPMode(TorchFunctionMode):
         def fn(i: Tensor, ww: Tensor, bb: Tensor | None) -> Tensor:
             return func(i, ww, bb, *rest, **kw)
 
+        def transpose(z: Tensor) -> Transpose:
+            if func is F.linear:
+                return lambda a, ww: a @ ww
+            conv = dict(_CONV_ARGS)
+            conv.update(zip((k for k, _ in _CONV_ARGS[3:]), rest, strict=False))
+            conv.update(kw)
+            t = _conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+            return t if t is not None else _vjp_transpose(fn, x.detach())
+
         first = not self.first_seen
         self.first_seen = True
-        return self._apply(name, module, x, w, b, fn, first, False, None)
+        return self._apply(name, module, x, w, b, fn, transpose, first, False)
 
     def _batch_norm(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
         names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -145,7 +336,6 @@ class _LRPMode(TorchFunctionMode):
         if key not in self.layers or a["training"] or a["running_mean"] is None:
             return func(*args, **kwargs)
         name, module = self.layers[key]
-        z_graph = func(*args, **kwargs)
         x = a["input"]
         scale = torch.rsqrt(a["running_var"] + a["eps"])
         if a["weight"] is not None:
@@ -156,14 +346,27 @@ class _LRPMode(TorchFunctionMode):
         def fn(i: Tensor, ww: Tensor, bb: Tensor | None) -> Tensor:
             return i * ww.view(shape) + (bb.view(shape) if bb is not None else 0)
 
-        return self._apply(name, module, x, scale.detach(), shift.detach(), fn, False, True, z_graph)
+        def transpose(z: Tensor) -> Transpose:
+            return lambda r, ww: r * ww.view(shape)
+
+        entry = self._node_of(x)
+        if (entry is not None and self.composite is not None and torch.is_grad_enabled()
+                and isinstance(self.composite.rule_for(name, module, False), Pass)):
+            # pass rule on a node output: fold into the node (its output relevance is this BatchNorm's)
+            self.count += 1
+            with torch.no_grad():
+                y = func(*args, **kwargs)
+            ledger = [*entry.saved.ledger, self._entry(name)] if self.ledger else entry.saved.ledger
+            return self._emit(entry.node, y, entry.x, ledger)
+        return self._apply(name, module, x, scale.detach(), shift.detach(), fn, transpose, False, True,
+                           lambda: func(*args, **kwargs))
 
     def _apply(self, name: str, module: nn.Module, x: Tensor, w: Tensor, b: Tensor | None, fn: Any,
-               first: bool, elementwise: bool, z_graph: Tensor | None) -> Tensor:
-        if z_graph is None:
-            z_graph = fn(x, w, b)
+               transpose: Callable[[Tensor], Transpose], first: bool, elementwise: bool,
+               compute: Callable[[], Tensor] | None = None) -> Tensor:
+        compute = compute or (lambda: fn(x, w, b))
         if self.composite is None or not (torch.is_grad_enabled() and x.requires_grad):
-            return z_graph
+            return compute()
         self.count += 1
         rule: Rule | None = self.composite.rule_for(name, module, first)
         if rule is not None and rule.input_rule:
@@ -175,17 +378,26 @@ class _LRPMode(TorchFunctionMode):
             self.input_rule = True
         self._record(name, x, rule is not None and rule.input_rule)
         if rule is None:
-            return z_graph
-        z = z_graph.detach()
-        terms = rule.terms(Layer(x, w, b, fn, z, z_graph, elementwise))
-        return _Modified.apply(z, len(terms), *(s for _, s in terms), *(g for g, _ in terms))
+            return compute()
+        with torch.no_grad():
+            z = compute()
+            nonneg = True if self._is_nonneg(x) else None
+            terms = rule.terms(Layer(x.detach(), w.detach(), None if b is None else b.detach(), fn, z, elementwise,
+                                     nonneg))
+        return self._emit(_Node(terms, transpose(z)), z, x)
+
+    # --- the ledger ---------------------------------------------------------------------------------------
+
+    def _entry(self, name: str) -> list[Tensor]:
+        k = self.calls[name] = self.calls.get(name, 0) + 1
+        holder: list[Tensor] = []
+        self.entries.append((name if k == 1 else f"{name}#{k}", holder))
+        return holder
 
     def _record(self, name: str, x: Tensor, is_input_rule: bool) -> None:
         if not self.ledger:
             return
-        k = self.calls[name] = self.calls.get(name, 0) + 1
-        holder: list[Tensor] = []
-        self.entries.append((name if k == 1 else f"{name}#{k}", holder))
+        holder = self._entry(name)
         xd = x.detach()
 
         def hook(g: Tensor) -> None:
@@ -318,7 +530,7 @@ class LRP(GradientMethod):
         if ledger:
             book["output"] = score.detach()
             for name, holder in reversed(mode.entries):
-                book[name] = holder[0] if holder else torch.zeros_like(score).detach()
+                book[name] = torch.stack(holder).sum(0) if holder else torch.zeros_like(score).detach()
             book["input"] = attr.flatten(1).sum(1)
         return attr, book
 

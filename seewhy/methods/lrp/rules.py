@@ -5,13 +5,15 @@ through the network is ``g = R / z`` at every activation ``z``, so the relevance
 Under this convention the *plain* gradient of any bias-free linear op (pooling, mean, padding, flatten,
 residual addition) is exactly LRP-0, and the plain gradient of a ReLU passes relevance through unchanged.
 
-A rule describes a layer's modified backward as a list of terms ``(graph, scale)``: ``graph`` is a
-differentiable function of the layer input ``x`` (its value is not used) and ``scale`` a detached tensor
-shaped like the output; the layer's input gradient becomes ``sum_k vjp(graph_k, g * scale_k)``. With
-``scale = c * z / z'`` this gives ``R_in = x * W'^T (c R_out / z')``, the generic LRP rule.
+A rule describes a layer's modified backward as a list of :class:`Term` ``(weight, coef, mult)``: given the
+relevance ``R`` of the layer output, the gradient at the layer input is ``sum_k mult_k * W_k^T (R * coef_k)``,
+where ``W^T`` is the transpose of the layer's linear map with weight ``W`` (a transposed convolution, ``R @ W``,
+or a per-channel product). With ``coef = c / z'`` this is ``R_in = x * W'^T (c R_out / z')``, the generic LRP
+rule. Rules compute their denominators once in the forward (without autograd); the backward is one transposed
+layer per term, so no graph of the modified forward is kept.
 
 *Input rules* (``Flat``, ``WSquare``, ``ZBox``) are only valid at the first layer: their relevance is not of
-the form ``x * (...)``, so their ``graph`` is built so that the gradient at the input *is* the relevance.
+the form ``x * (...)``, so the gradient they give at the input *is* the relevance.
 """
 
 from __future__ import annotations
@@ -27,11 +29,21 @@ LayerFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 @dataclass
-class Layer:
-    """One call of a linear layer as the rules see it: ``z = fn(x, weight, bias)``.
+class Term:
+    """One part of a modified backward: the input gradient gets ``mult * W^T (R * coef)`` (``weight=None``:
+    the identity map; ``mult=None``: 1)."""
 
-    ``x`` carries the autograd graph, ``z`` is the detached output, ``z_graph`` the output with its graph to
-    ``x``; ``fn`` re-runs the same operation (same stride, padding, groups) with other inputs or weights.
+    weight: Tensor | None
+    coef: Tensor
+    mult: Tensor | None = None
+
+
+@dataclass
+class Layer:
+    """One call of a linear layer as the rules see it: ``z = fn(x, weight, bias)``, all detached.
+
+    ``fn`` re-runs the same operation (same stride, padding, groups) with other inputs or weights;
+    ``nonneg`` says whether ``x >= 0`` is known (True after a rectifier; None: look).
     """
 
     x: Tensor
@@ -39,11 +51,22 @@ class Layer:
     bias: Tensor | None
     fn: LayerFn
     z: Tensor
-    z_graph: Tensor
     elementwise: bool = False  # BatchNorm seen as y = weight * x + bias per channel
+    nonneg: bool | None = None
 
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The layer's operation with other inputs / weights (no autograd graph)."""
+        with torch.no_grad():
+            return self.fn(x, weight, bias)
 
-Term = tuple[Tensor, Tensor]
+    def x_nonneg(self) -> bool:
+        if self.nonneg is None:
+            self.nonneg = bool(self.x.min() >= 0)
+        return self.nonneg
+
+    def bias_view(self, b: Tensor) -> Tensor:
+        """A per-output bias shaped to broadcast against ``z``."""
+        return b.view(1, -1, *([1] * (self.z.ndim - 2))) if self.z.ndim > 2 else b
 
 
 def safe_divide(num: Tensor, den: Tensor, epsilon: float = 0.0) -> Tensor:
@@ -53,46 +76,52 @@ def safe_divide(num: Tensor, den: Tensor, epsilon: float = 0.0) -> Tensor:
     return (num / den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _split(x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """(x+, x-) with x- None when x >= 0 everywhere (after a ReLU), which saves one layer evaluation."""
-    if bool(x.min() >= 0):
-        return x, None
-    return x.clamp(min=0), x.clamp(max=0)
+def stabilized_reciprocal(den: Tensor, epsilon: float = 0.0, inplace: bool = False) -> Tensor:
+    """``1 / (den + epsilon * sign(den))`` with sign(0) = +1; with ``epsilon == 0``, 0 where ``den == 0`` (that
+    relevance is dropped). ``inplace`` (epsilon 0 only) overwrites ``den``, a temporary, instead of allocating."""
+    if epsilon:
+        return den.abs().add_(epsilon).reciprocal_().copysign_(den)
+    out = den.reciprocal_() if inplace else torch.reciprocal(den)
+    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def positive_part(layer: Layer, bias: bool, scale: float = 1.0) -> Tensor:
-    """z+ = W+ x+ + W- x- (+ b+): the sum of the positive contributions, differentiable in x; ``scale`` multiplies
-    the weights (and bias), which is cheaper than multiplying the output."""
-    w, b = layer.weight, layer.bias
+def _bias_part(layer: Layer, positive: bool) -> Tensor | None:
+    if layer.bias is None:
+        return None
+    return layer.bias.clamp(min=0) if positive else layer.bias.clamp(max=0)
+
+
+def signed_parts(layer: Layer, bias: bool) -> tuple[Tensor, Tensor]:
+    """Exact (z+, z-): the sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b- with ``bias``)."""
+    w, x = layer.weight, layer.x
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    bp = b.clamp(min=0) if (bias and b is not None) else None
-    if scale != 1.0:
-        wp, wn, bp = wp * scale, wn * scale, None if bp is None else bp * scale
-    pos, neg = _split(layer.x)
-    out = layer.fn(pos, wp, bp)
-    if neg is not None:
-        out = out + layer.fn(neg, wn, None)
-    return out
+    bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
+    if layer.x_nonneg():
+        return layer.forward(x, wp, bp), layer.forward(x, wn, bn)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
+    zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
+    return zp, zn
 
 
-def negative_part(layer: Layer, plus: Tensor, bias: bool) -> Tensor:
-    """z- = W- x+ + W+ x- (+ b-) as z - z+ (- b): its gradient without another layer evaluation (its value
-    is exact only up to rounding: use :func:`negative_value` for a denominator)."""
-    minus = layer.z_graph - plus
-    if not bias and layer.bias is not None:
-        minus = minus - layer.fn(torch.zeros_like(layer.x[:1]), torch.zeros_like(layer.weight), layer.bias)
-    return minus
-
-
-@torch.no_grad()
-def negative_value(layer: Layer, bias: bool) -> Tensor:
-    """The exact value of z- (zero where no contribution is negative), without a graph."""
-    w, b = layer.weight, layer.bias
-    pos, neg = _split(layer.x.detach())
-    out = layer.fn(pos, w.clamp(max=0), b.clamp(max=0) if (bias and b is not None) else None)
-    if neg is not None:
-        out = out + layer.fn(neg, w.clamp(min=0), None)
-    return out
+def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
+                   beta: float = 0.0) -> list[Term]:
+    """Terms for ``alpha R * coef_plus`` through z+ minus ``beta R * coef_minus`` through z- (the derivatives of the
+    sums of positive / negative contributions): for x >= 0 they are W+ and W-; for signed x, dz+/dx =
+    (W + sign(x) |W|) / 2 and dz-/dx = (W - sign(x) |W|) / 2, which takes two transposed layers instead of four.
+    The coefficient tensors (temporaries) are reused; scalars go into the (small) weights."""
+    w = layer.weight
+    if layer.x_nonneg():
+        out = [Term(w.clamp(min=0).mul_(alpha), coef_plus)]
+        if coef_minus is not None:
+            out.append(Term(w.clamp(max=0).mul_(-beta), coef_minus))
+        return out
+    if coef_minus is None:
+        return [Term(w * (alpha / 2), coef_plus), Term(w.abs().mul_(alpha / 2), coef_plus, torch.sign(layer.x))]
+    # alpha a+ - beta a- and alpha a+ + beta a-
+    diff = torch.mul(coef_minus, -beta).add_(coef_plus, alpha=alpha)
+    coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
+    return [Term(w * 0.5, diff), Term(w.abs().mul_(0.5), coef_plus, torch.sign(layer.x))]
 
 
 class Rule:
@@ -111,7 +140,7 @@ class Epsilon(Rule):
     epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
-        return [(layer.z_graph, safe_divide(layer.z, layer.z, self.epsilon))]
+        return [Term(layer.weight, stabilized_reciprocal(layer.z, self.epsilon))]
 
 
 @dataclass
@@ -131,17 +160,30 @@ class Gamma(Rule):
     epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
-        # with sigma = sign(z): z' = z + gamma (z+ where z > 0, z- = z - z+ where z < 0) = z + gamma min(z, 0) +
-        # sigma (gamma z+), and z' = c_z z + sigma (gamma z+) with c_z = 1 + gamma (1 - sigma) / 2: two terms, the
-        # second with gamma folded into the weights. The scales are s c_z = s + gamma / 2 (s - s sigma) and s sigma
-        # (s = z / z'). Written with sign() and arithmetic, no boolean mask: where/masked_fill run ~10x slower on CPU.
-        plus = positive_part(layer, bias=True, scale=self.gamma)
-        z = layer.z
-        sigma = torch.sign(z)
-        zp = torch.add(z, z.clamp(max=0), alpha=self.gamma).addcmul_(sigma, plus.detach())
-        s = safe_divide(z, zp, self.epsilon)
-        s_sigma = s * sigma
-        return [(layer.z_graph, torch.add(s, s - s_sigma, alpha=self.gamma / 2)), (plus, s_sigma)]
+        # z+ (positive contributions and b+) takes one more layer evaluation: W+ x for x >= 0, else
+        # (|W| |x| + W x) / 2 + b+. With sigma = sign(z), z' = z + gamma z+ (z > 0) or z + gamma z- =
+        # (1 + gamma) z - gamma z+ (z < 0), so |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+, and the backward
+        # is W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|). In-place arithmetic, no boolean mask:
+        # where/masked_fill run ~10x slower on CPU, and every fresh buffer costs page faults.
+        w, z, g = layer.weight, layer.z, self.gamma
+        nonneg = layer.x_nonneg()
+        if nonneg:
+            den = layer.forward(layer.x, w.clamp(min=0), _bias_part(layer, True))
+        else:
+            den = layer.forward(layer.x.abs(), w.abs(), None).add_(z).mul_(0.5)
+            if layer.bias is not None:  # z above includes b: (|W||x| + Wx + b) / 2 + b+ - b / 2
+                den.add_(layer.bias_view(layer.bias.clamp(min=0) - 0.5 * layer.bias))
+        r = torch.sign(z)
+        den.mul_(g).addcmul_(z, r, value=1 + g / 2).add_(z, alpha=-g / 2).add_(self.epsilon)  # |z'| + eps
+        r.div_(den)  # 1 / (z' + eps sign(z')), 0 where z = 0
+        if not self.epsilon:
+            r.nan_to_num_(nan=0.0)
+        r_abs = torch.abs(r, out=den)
+        c_w = r.mul_(1 + g / 2).add_(r_abs, alpha=-g / 2)  # (1 + gamma [z<0]) / z'
+        if nonneg:
+            return [Term(w, c_w), Term(w.clamp(min=0).mul_(g), r_abs)]
+        # gamma dz+/dx = gamma (W + sign(x) |W|) / 2
+        return [Term(w, c_w.add_(r_abs, alpha=g / 2)), Term(w.abs().mul_(g / 2), r_abs, torch.sign(layer.x))]
 
 
 @dataclass
@@ -160,12 +202,10 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
 
     def terms(self, layer: Layer) -> list[Term]:
-        plus = positive_part(layer, self.bias)
-        out = [(plus, self.alpha * safe_divide(layer.z, plus.detach()))]
-        if self.beta:
-            minus = negative_part(layer, plus, self.bias)
-            out.append((minus, -self.beta * safe_divide(layer.z, negative_value(layer, self.bias))))
-        return out
+        zp, zn = signed_parts(layer, self.bias)  # exact values: either may be ~0, where rounding would matter
+        cp = stabilized_reciprocal(zp, inplace=True)
+        cn = stabilized_reciprocal(zn, inplace=True) if self.beta else None
+        return positive_terms(layer, cp, cn, self.alpha, self.beta)
 
 
 @dataclass
@@ -174,8 +214,12 @@ class ZPlus(Rule):
     biases ignored; equal to alpha1-beta0 without biases."""
 
     def terms(self, layer: Layer) -> list[Term]:
-        plus = positive_part(layer, bias=False)
-        return [(plus, safe_divide(layer.z, plus.detach()))]
+        w, x = layer.weight, layer.x
+        if layer.x_nonneg():
+            zp = layer.forward(x, w.clamp(min=0))
+        else:
+            zp = layer.forward(x.clamp(min=0), w.clamp(min=0)).add_(layer.forward(x.clamp(max=0), w.clamp(max=0)))
+        return positive_terms(layer, stabilized_reciprocal(zp, inplace=True))
 
 
 @dataclass
@@ -185,7 +229,7 @@ class Pass(Rule):
     def terms(self, layer: Layer) -> list[Term]:
         if not layer.elementwise:
             raise ValueError("the Pass rule only applies to element-wise layers (BatchNorm), not conv/linear")
-        return [(layer.x, safe_divide(layer.z, layer.x.detach()))]
+        return [Term(None, stabilized_reciprocal(layer.x))]
 
 
 @dataclass
@@ -196,8 +240,8 @@ class Flat(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         ones = torch.ones_like(layer.weight)
-        den = layer.fn(torch.ones_like(layer.x[:1].detach()), ones, None)  # the same for every sample
-        return [(layer.fn(layer.x, ones, None), safe_divide(layer.z, den))]
+        den = layer.forward(torch.ones_like(layer.x[:1]), ones)  # the same for every sample
+        return [Term(ones, stabilized_reciprocal(den))]
 
 
 @dataclass
@@ -208,8 +252,8 @@ class WSquare(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         w2 = layer.weight * layer.weight
-        den = layer.fn(torch.ones_like(layer.x[:1].detach()), w2, None)  # the same for every sample
-        return [(layer.fn(layer.x, w2, None), safe_divide(layer.z, den))]
+        den = layer.forward(torch.ones_like(layer.x[:1]), w2)  # the same for every sample
+        return [Term(w2, stabilized_reciprocal(den))]
 
 
 @dataclass
@@ -235,16 +279,15 @@ class ZBox(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         x, w = layer.x, layer.weight
-        xd = x.detach()
-        lo, hi = self.bounds(xd)
+        lo, hi = self.bounds(x)
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        graph = layer.fn(xd * x, w, None) - layer.fn(lo * x, wp, None) - layer.fn(hi * x, wn, None)
         # x w is the output without its bias; bounds shared by all samples need one sample's worth of work
-        z = layer.z if layer.bias is None else layer.z - layer.bias.view(1, -1, *([1] * (layer.z.ndim - 2)))
+        z = layer.z if layer.bias is None else layer.z - layer.bias_view(layer.bias)
         if lo.stride(0) == 0 and hi.stride(0) == 0:
             lo, hi = lo[:1], hi[:1]
-        den = z - layer.fn(lo, wp, None) - layer.fn(hi, wn, None)
-        return [(graph, safe_divide(layer.z, den, self.epsilon))]
+        den = z - layer.forward(lo, wp) - layer.forward(hi, wn)
+        c = stabilized_reciprocal(den, self.epsilon)
+        return [Term(w, c, x), Term(wp, c, -lo), Term(wn, c, -hi)]
 
 
 RULES: dict[str, type[Rule]] = {
