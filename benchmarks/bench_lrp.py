@@ -1,18 +1,25 @@
 """Milliseconds per image for every LRP preset on efficientnet_lite0 at 224 px, next to one forward+backward.
 
-Run:  python benchmarks/bench_lrp.py [--batch 4] [--repeat 3] [--threads 2]
+Run:  python benchmarks/bench_lrp.py [--batch 4] [--repeat 10] [--threads 2]
 
 Each preset runs twice: with the model's default canonizers ("auto": BatchNorms kept, pass rule) and with
 every BatchNorm merged (``canonizers=[MergeBatchNorm()]``). The target is the issue's budget of 1.4x one
-forward+backward (a training-style step: backward to the input and every parameter). On a shared 2-core machine
-single timings drift by 20-30%, so every row is the best of ``--repeat`` runs and the reference is re-measured
-before each row, the lowest kept (the least disturbed run on both sides of the ratio). Writes
-benchmarks/results/lrp.md.
+forward+backward (a training-style step: backward to the input and every parameter). Single timings on a
+shared 2-core virtual machine drift by 20-50%, so the reference and the methods run interleaved, round after
+round, and each keeps its fastest run (the least disturbed one, on both sides of the ratio).
+
+Fresh memory is expensive on such machines (every new page faults): glibc returns freed memory to the
+system and takes it back on the next call. ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` (or
+jemalloc / tcmalloc, PyTorch's advice for CPU inference) keep it; with either variable set, the table goes to
+benchmarks/results/lrp_malloc.md, else to benchmarks/results/lrp.md.
 """
 
 from __future__ import annotations
 
-from common import RESULTS, forward_backward_time, setup, timed, write_table
+import os
+import time
+
+from common import RESULTS, setup, write_table
 
 import seewhy
 from seewhy.methods.lrp import PRESETS, MergeBatchNorm
@@ -22,28 +29,39 @@ def main() -> None:
     args, model, x, target = setup(__doc__)
     b = x.shape[0]
 
-    refs = [forward_backward_time(model, x, args.repeat, best=True)]
-    rows = []
+    def reference() -> None:
+        leaf = x.clone().requires_grad_(True)
+        model(leaf).gather(1, target[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
 
-    def row(what: str, fn: object, settings: str = "") -> None:
-        refs.append(forward_backward_time(model, x, args.repeat, best=True))
-        rows.append((what, timed(fn, args.repeat, best=True) / b, settings))
-
-    row("seewhy input_x_gradient", lambda: seewhy.explain(model, x, "input_x_gradient", target=target))
+    runs: list[tuple[str, object, str]] = [
+        ("seewhy input_x_gradient", lambda: seewhy.explain(model, x, "input_x_gradient", target=target), "")]
     for canon in ("auto", "merged"):
         for name in PRESETS:
             params: dict = {"composite": name, "ledger": False}
             if canon == "merged":
                 params["canonizers"] = [MergeBatchNorm()]
-            row(f"seewhy lrp {name}", lambda params=params: seewhy.explain(model, x, "lrp", target=target, **params),
-                f"canonizers={canon}")
-    row("seewhy lrp defaults + ledger", lambda: seewhy.explain(model, x, "lrp", target=target),
-        "composite=auto (epsilon_gamma_box), canonizers=auto")
-    ref = min(refs)
-    rows.insert(0, ("forward+backward (reference)", ref, f"lowest of {len(refs)} measurements, {min(refs) * 1000:.1f} "
-                                                          f"to {max(refs) * 1000:.1f} ms"))
-    note = f"efficientnet_lite0, 224x224, batch {b}; best of {args.repeat} runs"
-    write_table(rows, ref, "forward+backward", note, RESULTS / "lrp.md")
+            runs.append((f"seewhy lrp {name}",
+                         lambda params=params: seewhy.explain(model, x, "lrp", target=target, **params),
+                         f"canonizers={canon}"))
+    runs.append(("seewhy lrp defaults + ledger", lambda: seewhy.explain(model, x, "lrp", target=target),
+                 "composite=auto (epsilon_gamma_box), canonizers=auto"))
+
+    fns = [("forward+backward (reference)", reference, "")] + runs
+    best = [float("inf")] * len(fns)
+    for _, fn, _ in fns:  # warm-up
+        fn()  # type: ignore[operator]
+    for _ in range(args.repeat):
+        for i, (_, fn, _) in enumerate(fns):
+            start = time.perf_counter()
+            fn()  # type: ignore[operator]
+            best[i] = min(best[i], time.perf_counter() - start)
+    ref = best[0] / b
+    rows = [(what, t / b, settings) for (what, _, settings), t in zip(fns, best, strict=True)]
+    tuned = [k for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_") if k in os.environ]
+    note = (f"efficientnet_lite0, 224x224, batch {b}; fastest of {args.repeat} interleaved rounds"
+            + (f"; {' and '.join(tuned)} set" if tuned else "; default glibc allocator settings"))
+    write_table(rows, ref, "forward+backward", note, RESULTS / ("lrp_malloc.md" if tuned else "lrp.md"))
 
 
 if __name__ == "__main__":

@@ -74,12 +74,18 @@ class _Node:
         out: Tensor | None = None
         last = len(self.terms) - 1
         for k, term in enumerate(self.terms):
-            # the last term may overwrite r (a temporary of the caller's) if the product keeps its shape
-            a = r.mul_(term.coef) if k == last and r.shape == torch.broadcast_shapes(r.shape, term.coef.shape) \
-                else r * term.coef
+            # a coefficient computed now is a temporary; so is r for the last term: either can take the product
+            c = term.coef() if callable(term.coef) else term.coef
+            if callable(term.coef) and c.shape == torch.broadcast_shapes(r.shape, c.shape):
+                a = c.mul_(r)
+            elif k == last and r.shape == torch.broadcast_shapes(r.shape, c.shape):
+                a = r.mul_(c)
+            else:
+                a = r * c
             g = a if term.weight is None else self.transpose(a, term.weight)
             if term.mult is not None:
-                g = g.mul_(term.mult) if g.shape == torch.broadcast_shapes(g.shape, term.mult.shape) else g * term.mult
+                m = term.mult() if callable(term.mult) else term.mult
+                g = g.mul_(m) if g.shape == torch.broadcast_shapes(g.shape, m.shape) else g * m
             out = g if out is None else out.add_(g)
         assert out is not None
         return out

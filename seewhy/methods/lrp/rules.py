@@ -31,11 +31,12 @@ LayerFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 @dataclass
 class Term:
     """One part of a modified backward: the input gradient gets ``mult * W^T (R * coef)`` (``weight=None``:
-    the identity map; ``mult=None``: 1)."""
+    the identity map; ``mult=None``: 1). ``coef`` and ``mult`` may be functions that compute them in the
+    backward (then they are not kept in memory between the forward and the backward)."""
 
     weight: Tensor | None
-    coef: Tensor
-    mult: Tensor | None = None
+    coef: Tensor | Callable[[], Tensor]
+    mult: Tensor | Callable[[], Tensor] | None = None
 
 
 @dataclass
@@ -58,6 +59,14 @@ class Layer:
         """The layer's operation with other inputs / weights (no autograd graph)."""
         with torch.no_grad():
             return self.fn(x, weight, bias)
+
+    def sign_x(self) -> Tensor:
+        """sign(x), computed when called (a term's ``mult``: x is kept for the backward anyway)."""
+        return torch.sign(self.x)
+
+    def dense(self) -> bool:
+        """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
+        return not self.elementwise and self.weight.shape[1] == self.x.shape[-1 if self.weight.ndim == 2 else 1]
 
     def x_nonneg(self) -> bool:
         if self.nonneg is None:
@@ -96,8 +105,14 @@ def signed_parts(layer: Layer, bias: bool) -> tuple[Tensor, Tensor]:
     w, x = layer.weight, layer.x
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
+    dim = -1 if w.ndim == 2 else 1
+    both = None if bp is None or bn is None else torch.cat([bp, bn])
     if layer.x_nonneg():
         return layer.forward(x, wp, bp), layer.forward(x, wn, bn)
+    if layer.dense():  # one call: [x+, x-] through [[W+, W-], [W-, W+]] (bigger, more efficient matrix products)
+        wide = torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)])
+        out = layer.forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], dim), wide, both)
+        return out.split(w.shape[0], dim)  # type: ignore[return-value]
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
     zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
@@ -117,11 +132,11 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
             out.append(Term(w.clamp(max=0).mul_(-beta), coef_minus))
         return out
     if coef_minus is None:
-        return [Term(w * (alpha / 2), coef_plus), Term(w.abs().mul_(alpha / 2), coef_plus, torch.sign(layer.x))]
-    # alpha a+ - beta a- and alpha a+ + beta a-
-    diff = torch.mul(coef_minus, -beta).add_(coef_plus, alpha=alpha)
-    coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
-    return [Term(w * 0.5, diff), Term(w.abs().mul_(0.5), coef_plus, torch.sign(layer.x))]
+        return [Term(w.abs().mul_(alpha / 2), coef_plus, layer.sign_x), Term(w * (alpha / 2), coef_plus)]
+    # alpha c+ + beta c- and alpha c+ - beta c-, in place
+    total = coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
+    diff = coef_minus.mul_(-2 * beta).add_(total)
+    return [Term(w * 0.5, diff), Term(w.abs().mul_(0.5), total, layer.sign_x)]
 
 
 class Rule:
@@ -162,9 +177,11 @@ class Gamma(Rule):
     def terms(self, layer: Layer) -> list[Term]:
         # z+ (positive contributions and b+) takes one more layer evaluation: W+ x for x >= 0, else
         # (|W| |x| + W x) / 2 + b+. With sigma = sign(z), z' = z + gamma z+ (z > 0) or z + gamma z- =
-        # (1 + gamma) z - gamma z+ (z < 0), so |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+, and the backward
-        # is W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|). In-place arithmetic, no boolean mask:
-        # where/masked_fill run ~10x slower on CPU, and every fresh buffer costs page faults.
+        # (1 + gamma) z - gamma z+ (z < 0), so |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+. The backward,
+        # W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|) with dz+/dx = (W + sign(x) |W|) / 2, is
+        # (1 + gamma/2) W^T (R r) + gamma/2 sign(x) |W|^T (R |r|) with r = 1 / z': one tensor kept per layer.
+        # In-place arithmetic, no boolean mask (where/masked_fill run ~10x slower on CPU, and every fresh
+        # buffer costs page faults).
         w, z, g = layer.weight, layer.z, self.gamma
         nonneg = layer.x_nonneg()
         if nonneg:
@@ -178,12 +195,10 @@ class Gamma(Rule):
         r.div_(den)  # 1 / (z' + eps sign(z')), 0 where z = 0
         if not self.epsilon:
             r.nan_to_num_(nan=0.0)
-        r_abs = torch.abs(r, out=den)
-        c_w = r.mul_(1 + g / 2).add_(r_abs, alpha=-g / 2)  # (1 + gamma [z<0]) / z'
-        if nonneg:
-            return [Term(w, c_w), Term(w.clamp(min=0).mul_(g), r_abs)]
-        # gamma dz+/dx = gamma (W + sign(x) |W|) / 2
-        return [Term(w, c_w.add_(r_abs, alpha=g / 2)), Term(w.abs().mul_(g / 2), r_abs, torch.sign(layer.x))]
+        del den
+        # x >= 0: sign(x) is 1 wherever the relevance x * gradient is not 0 anyway
+        return [Term(w.abs().mul_(g / 2), lambda: torch.abs(r), None if nonneg else layer.sign_x),
+                Term(w * (1 + g / 2), r)]
 
 
 @dataclass
@@ -217,6 +232,10 @@ class ZPlus(Rule):
         w, x = layer.weight, layer.x
         if layer.x_nonneg():
             zp = layer.forward(x, w.clamp(min=0))
+        elif layer.dense():  # one call: [x+, x-] through [W+, W-]
+            dim = -1 if w.ndim == 2 else 1
+            zp = layer.forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], dim),
+                               torch.cat([w.clamp(min=0), w.clamp(max=0)], 1))
         else:
             zp = layer.forward(x.clamp(min=0), w.clamp(min=0)).add_(layer.forward(x.clamp(max=0), w.clamp(max=0)))
         return positive_terms(layer, stabilized_reciprocal(zp, inplace=True))
