@@ -48,19 +48,24 @@ def _dense(layer: nn.Module, shape: tuple[int, ...], weight: torch.Tensor | None
 def _reference(rule: str, m: torch.Tensor, ones: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
                r: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float = 0.0, gamma: float = 0.25,
                alpha: float = 1.0, beta: float = 0.0, bias: bool = True) -> torch.Tensor:
-    """R_i = sum_j q_ij / sum_i' q_i'j R_j with q from the LRP papers; m: (J, I), x: (I,), b, r: (J,)."""
+    """R_i = sum_j q_ij / sum_i' q_i'j R_j with q from the LRP papers; m: (J, I), x: (I,), b, r: (J,).
+    Outputs without relevance (r_j = 0, e.g. where z_j = 0) contribute nothing, even where the denominator is 0."""
     z = m * x[None, :]  # z_ij as [j, i]
+    keep = (r != 0)[:, None]
+
+    def share(q: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep, q / den[:, None] * r[:, None], 0.0).sum(0)
 
     if rule in ("lrp0", "epsilon"):
         den = z.sum(1) + b
         den = den + eps * torch.where(den >= 0, 1.0, -1.0).to(D)
-        return (z / den[:, None] * r[:, None]).sum(0)
+        return share(z, den)
     if rule == "gamma":
         pos = (z.sum(1) + b >= 0)[:, None]
         q = z + gamma * torch.where(pos, z.clamp(min=0), z.clamp(max=0))
         den = q.sum(1) + b + gamma * torch.where(pos[:, 0], b.clamp(min=0), b.clamp(max=0))
         den = den + eps * torch.where(den >= 0, 1.0, -1.0).to(D)
-        return (q / den[:, None] * r[:, None]).sum(0)
+        return share(q, den)
     if rule == "alpha_beta":
         zp, zn = z.clamp(min=0), z.clamp(max=0)
         dp = zp.sum(1) + (b.clamp(min=0) if bias else 0)
@@ -68,13 +73,13 @@ def _reference(rule: str, m: torch.Tensor, ones: torch.Tensor, x: torch.Tensor, 
         dp, dn = (torch.where(d == 0, torch.inf, d) for d in (dp, dn))  # no contribution of that sign: share 0
         return alpha * (zp / dp[:, None] * r[:, None]).sum(0) - beta * (zn / dn[:, None] * r[:, None]).sum(0)
     if rule == "flat":
-        return (ones / ones.sum(1, keepdim=True) * r[:, None]).sum(0)
+        return share(ones, ones.sum(1))
     if rule == "wsquare":
         q = m * m
-        return (q / q.sum(1, keepdim=True) * r[:, None]).sum(0)
+        return share(q, q.sum(1))
     if rule == "zbox":
         q = z - lo[None, :] * m.clamp(min=0) - hi[None, :] * m.clamp(max=0)
-        return (q / q.sum(1, keepdim=True) * r[:, None]).sum(0)
+        return share(q, q.sum(1))
     raise AssertionError(rule)
 
 
@@ -82,7 +87,7 @@ def _ours(layer: nn.Module, rule, x: torch.Tensor, r_out: torch.Tensor) -> torch
     """Relevance at the input of ``layer`` alone, with ``r_out`` injected as the output relevance."""
     with torch.no_grad():
         z = layer(x)
-    c = (r_out / z).detach()
+    c = (r_out / z).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).detach()  # R = z * c: none where z = 0
     composite = Composite(first=rule) if rule.input_rule else Composite(types=[((nn.Linear, nn.Conv2d), rule)])
     method = LRP(composite=composite, canonizers=None)
     target = make_target(lambda out: (out * c).flatten(1).sum(1), x.shape[0])
@@ -109,16 +114,20 @@ RULES = {
 }
 
 
+@pytest.mark.parametrize("inputs", ["signed", "nonneg"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("name", sorted(RULES))
-def test_rule_matches_the_matrix_reference(name: str, kind: str, bias: bool) -> None:
+def test_rule_matches_the_matrix_reference(name: str, kind: str, bias: bool, inputs: str) -> None:
+    # signed and non-negative inputs (after a rectifier) take different paths through the rules
     torch.manual_seed(0)
     layer = LAYERS[kind](bias).to(D).eval()
     x = torch.randn(2, *SHAPES[kind], dtype=D).clamp(-2.4, 2.4)
+    if inputs == "nonneg":
+        x = x.clamp(min=0)
     with torch.no_grad():
         z = layer(x)
-    r_out = torch.rand_like(z) + 0.5
+    r_out = (torch.rand_like(z) + 0.5) * (z != 0)  # an output that is 0 carries no relevance (R = z * R / z)
     rule, kw = RULES[name]
     got = _ours(layer, rule, x, r_out)
     m = _dense(layer, SHAPES[kind])
@@ -221,6 +230,103 @@ def test_residual_additions_conserve_relevance() -> None:
     rows = ledger_table(exp)
     assert rows[0]["layer"] == "output" and rows[-1]["layer"] == "input"
     assert rows[-1]["ratio"] == pytest.approx([1.0, 1.0], rel=1e-5)
+
+
+class _Convs(nn.Module):
+    """Bias-free ReLU network over unusual convolution arguments: odd sizes with stride 2 (output padding in the
+    transposed convolution), dilation, padding="same" (odd and even kernels), conv1d and conv3d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+        self.b = nn.Conv2d(4, 4, 3, padding="same", dilation=2, bias=False)
+        self.c = nn.Conv2d(4, 4, 4, padding="same", bias=False)  # asymmetric padding: the autograd fallback
+        self.d = nn.Conv2d(4, 4, 2, stride=2, groups=2, bias=False)
+        self.e = nn.Conv1d(4, 3, 3, stride=2, bias=False)
+        self.f = nn.Conv3d(1, 2, (1, 2, 2), bias=False)
+        self.fc = nn.Linear(2 * 3 * 2, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        x = torch.relu(self.b(x))
+        x = torch.relu(self.c(x))
+        x = torch.relu(self.d(x))  # (B, 4, 2, 2) from a 9x9 input
+        y = torch.relu(self.e(x.flatten(2)))  # (B, 3, 1)
+        y = torch.relu(self.f(y[:, None, :, :, None].expand(-1, 1, 3, 3, 3)))  # (B, 2, 3, 2, 2)
+        return self.fc(y.flatten(1)[:, :12])
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_transposed_layers_match_autograd_for_unusual_convolutions() -> None:
+    model = _net(_Convs)
+    x = torch.randn(2, 3, 9, 9, dtype=D)
+    ixg = seewhy.get_method("input_x_gradient")(model, x, 1)
+    a = LRP(composite="epsilon", epsilon=1e-300, canonizers=None)(model, x, 1)
+    torch.testing.assert_close(a, ixg, rtol=1e-9, atol=1e-12)
+
+
+class _BnChain(nn.Module):
+    """conv -> BatchNorm -> relu6; with ``split``, an identity op between the layers keeps LRP from folding the
+    pass-through BatchNorm and relu6 into the convolution's node (the unfolded path must give the same result)."""
+
+    def __init__(self, split: bool) -> None:
+        super().__init__()
+        self.split = split
+        self.conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(5)
+        self.conv2 = nn.Conv2d(5, 4, 3, bias=False)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        y = self.bn(z * 1.0 if self.split else z)
+        a = nn.functional.relu6(y * 1.0 if self.split else y)
+        return self.fc(torch.relu(self.conv2(a)).flatten(1))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon"])
+def test_folded_pass_through_ops_equal_the_unfolded_path(composite: str) -> None:
+    torch.manual_seed(4)
+    folded, split = _with_stats(_BnChain(False)).to(D), _with_stats(_BnChain(True)).to(D)
+    split.load_state_dict(folded.state_dict())
+    x = torch.randn(2, 3, 8, 8, dtype=D) * 4  # some units saturate the relu6
+    kw = {"composite": composite, "canonizers": None, "batchnorm": "pass", "low": -12.0, "high": 12.0}
+    a = seewhy.explain(folded, x, "lrp", target=0, **kw)
+    b = seewhy.explain(split, x, "lrp", target=0, **kw)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-9, atol=1e-12)
+    for name in ("bn", "conv", "input"):  # the folded BatchNorm still has its ledger entry
+        torch.testing.assert_close(a.extras["relevance_ledger"][name], b.extras["relevance_ledger"][name])
+
+
+class _InPlace(nn.Module):
+    def __init__(self, through_view: bool) -> None:
+        super().__init__()
+        self.through_view = through_view
+        self.a = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.relu(self.a(x), inplace=True)
+        out = self.b(h)
+        if self.through_view:
+            out[:, :2] += h[:, :2]
+        else:
+            out += h
+            out.mul_(0.5)
+        return self.fc(nn.functional.relu(out, inplace=True).mean(dim=(2, 3)))
+
+
+def test_in_place_ops_on_layer_outputs() -> None:
+    model = _net(_InPlace, through_view=False)
+    x = torch.randn(2, 3, 6, 6, dtype=D)
+    ixg = seewhy.get_method("input_x_gradient")(model, x, 1)
+    torch.testing.assert_close(LRP(composite="epsilon", epsilon=1e-300, canonizers=None)(model, x, 1), ixg,
+                               rtol=1e-9, atol=1e-12)
+    model = _net(_InPlace, through_view=True)
+    with pytest.raises(RuntimeError, match="in place through a view"):
+        LRP(composite="epsilon", canonizers=None)(model, x, 1)
+    assert count_hooks(model) == 0
 
 
 def test_input_rule_elsewhere_than_the_first_layer_is_an_error() -> None:

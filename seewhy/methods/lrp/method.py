@@ -407,8 +407,10 @@ class _LRPMode(TorchFunctionMode):
         xd = x.detach()
 
         def hook(g: Tensor) -> None:
-            r = g if is_input_rule else xd * g
-            holder.append(r.flatten(1).sum(1).detach())
+            if is_input_rule:
+                holder.append(g.flatten(1).sum(1).detach())
+            else:  # per-sample sum of x * g as a batched dot product (no product tensor)
+                holder.append(torch.bmm(xd.flatten(1)[:, None, :], g.flatten(1)[:, :, None]).view(-1).detach())
 
         x.register_hook(hook)
 
