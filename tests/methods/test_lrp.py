@@ -329,6 +329,29 @@ def test_in_place_ops_on_layer_outputs() -> None:
     assert count_hooks(model) == 0
 
 
+class _Viewing(nn.Module):
+    """Flattens its feature map with .view(), which needs the standard (not channels_last) layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.fc = nn.Linear(4 * 4 * 4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_a_model_that_views_its_feature_maps_still_works() -> None:
+    model = _net(_Viewing)
+    x = torch.randn(2, 3, 6, 6, dtype=D)
+    a = LRP(composite="epsilon", epsilon=1e-300, canonizers=None)(model, x, 2)
+    torch.testing.assert_close(a, seewhy.get_method("input_x_gradient")(model, x, 2), rtol=1e-9, atol=1e-12)
+    assert a.is_contiguous()
+    b = LRP(composite="epsilon_plus_flat", canonizers=None)(model, x, 2)  # input rule: the result is the gradient
+    assert b.is_contiguous() and torch.isfinite(b).all()
+
+
 def test_input_rule_elsewhere_than_the_first_layer_is_an_error() -> None:
     model = _net(_Plain)
     with pytest.raises(ValueError, match="first layer only"):

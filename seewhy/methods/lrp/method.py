@@ -118,7 +118,7 @@ class _Relevance(torch.autograd.Function):
                 "lrp: the model modified a layer output in place through a view (e.g. out[:, :k] += ...); "
                 "write that operation out of place to explain this model with LRP"
             )
-        r = grad * saved.num  # a fresh tensor: the node may overwrite it
+        r = saved.num * grad  # a fresh tensor (the node may overwrite it) in the layout of the forward
         for holder in saved.ledger:
             holder.append(r.flatten(1).sum(1))
         return None, ctx.node.backward(r), None, None
@@ -517,7 +517,21 @@ class LRP(GradientMethod):
             params["low"], params["high"] = input_bounds(model, x, self.low, self.high)
         composite = get_composite(name, **params)
         pairs = resolve_canonizers(model, x, canonizers)
-        leaf = x.clone().requires_grad_(True)
+        # channels_last: oneDNN convolutions skip their layout reorders (about 1.4x faster for LRP on CPU); a
+        # model that .view()s a feature map needs the standard layout, so it gets a second try with that
+        formats = [torch.channels_last, torch.contiguous_format] if x.ndim == 4 else [torch.contiguous_format]
+        for k, fmt in enumerate(formats):
+            try:
+                return self._run(model, x, composite, pairs, target, call, ledger, fmt)
+            except RuntimeError as err:
+                if k + 1 == len(formats) or "view size is not compatible" not in str(err):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _run(self, model: nn.Module, x: Tensor, composite: Composite, pairs: Sequence[tuple[str, str]],
+             target: Target, call: Call | None, ledger: bool,
+             fmt: torch.memory_format) -> tuple[Tensor, dict[str, Tensor]]:
+        leaf = x.clone(memory_format=fmt).requires_grad_(True)
         mode = _LRPMode(model, composite, pairs, ledger=ledger)
         with torch.enable_grad():
             with mode:
@@ -531,9 +545,9 @@ class LRP(GradientMethod):
             (grad,) = torch.autograd.grad(score.sum(), leaf, allow_unused=True)
         if mode.count == 0:
             warnings.warn("lrp: no conv/linear/BatchNorm call could be intercepted (TorchScript model?); the "
-                          "result is input x gradient", stacklevel=3)
-        grad = torch.zeros_like(leaf) if grad is None else grad
-        attr = grad if mode.input_rule else x * grad
+                          "result is input x gradient", stacklevel=4)
+        grad = torch.zeros_like(x) if grad is None else grad
+        attr = grad.contiguous() if mode.input_rule else x * grad
         book: dict[str, Tensor] = {}
         if ledger:
             book["output"] = score.detach()

@@ -133,9 +133,13 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
         return out
     if coef_minus is None:
         return [Term(w.abs().mul_(alpha / 2), coef_plus, layer.sign_x), Term(w * (alpha / 2), coef_plus)]
-    # alpha c+ + beta c- and alpha c+ - beta c-, in place
-    total = coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
-    diff = coef_minus.mul_(-2 * beta).add_(total)
+    if coef_plus.is_contiguous(memory_format=torch.contiguous_format) or coef_plus.is_contiguous(
+            memory_format=torch.channels_last):  # alpha c+ + beta c- and alpha c+ - beta c-, in place
+        total = coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
+        diff = coef_minus.mul_(-2 * beta).add_(total)
+    else:  # halves of one wide output: dense new tensors (strided views slow down every later product)
+        total = torch.add(coef_plus * alpha, coef_minus, alpha=beta)
+        diff = torch.sub(coef_plus.mul_(alpha), coef_minus, alpha=beta)
     return [Term(w * 0.5, diff), Term(w.abs().mul_(0.5), total, layer.sign_x)]
 
 
