@@ -91,6 +91,20 @@ class _Node:
         return out
 
 
+def _sample_sums(t: Tensor) -> Tensor:
+    """Per-sample sums, in any memory layout (no copy)."""
+    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t
+
+
+def _sample_dots(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample sums of ``a * b`` as batched dot products (no product tensor), in ``a``'s memory layout."""
+    if a.ndim > 2:
+        order = sorted(range(1, a.ndim), key=lambda d: -a.stride(d))  # dims from outer to inner in memory
+        a, b = a.permute(0, *order), b.permute(0, *order)
+    a, b = a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], -1, 1)
+    return torch.bmm(a, b).view(-1)
+
+
 class _Saved:
     """The value a node's output relevance is computed from (R = grad * num), its version at creation, and the
     ledger entries that equal this output's relevance (BatchNorms with the pass rule folded into the node)."""
@@ -120,7 +134,7 @@ class _Relevance(torch.autograd.Function):
             )
         r = saved.num * grad  # a fresh tensor (the node may overwrite it) in the layout of the forward
         for holder in saved.ledger:
-            holder.append(r.flatten(1).sum(1))
+            holder.append(_sample_sums(r))
         return None, ctx.node.backward(r), None, None
 
 
@@ -407,10 +421,7 @@ class _LRPMode(TorchFunctionMode):
         xd = x.detach()
 
         def hook(g: Tensor) -> None:
-            if is_input_rule:
-                holder.append(g.flatten(1).sum(1).detach())
-            else:  # per-sample sum of x * g as a batched dot product (no product tensor)
-                holder.append(torch.bmm(xd.flatten(1)[:, None, :], g.flatten(1)[:, :, None]).view(-1).detach())
+            holder.append((_sample_sums(g) if is_input_rule else _sample_dots(xd, g)).detach())
 
         x.register_hook(hook)
 
