@@ -432,7 +432,7 @@ def lite0():
     return model, x
 
 
-@pytest.mark.parametrize("composite", ["auto", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"])
+@pytest.mark.parametrize("composite", ["auto", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon"])
 def test_efficientnet_relevance_stays_near_the_class_score(lite0, composite: str) -> None:
     model, x = lite0
     exp = seewhy.explain(model, x, "lrp", target=282, composite=composite)

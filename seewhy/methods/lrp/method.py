@@ -495,7 +495,8 @@ class LRP(GradientMethod):
         epsilon, gamma: the presets' rule parameters.
         low, high: the input box of the z^B rule (see :func:`input_bounds`).
         batchnorm: the presets' rule for unmerged BatchNorms: ``"epsilon"`` or ``"pass"`` (None: pass when
-            ``canonizers="auto"`` keeps them unmerged, else epsilon).
+            ``canonizers="auto"`` keeps them unmerged, except with the ``epsilon`` preset, else epsilon; pass
+            with epsilon at the convolutions lets relevance blow up where a convolution's output is ~0).
         ledger: record the relevance sum at each layer's input in ``extras["relevance_ledger"]``.
 
     Returns raw signed relevance at the input (B,C,H,W); the heatmap sums channels and keeps the sign.
@@ -519,7 +520,10 @@ class LRP(GradientMethod):
         auto_composite, merge = model_defaults(model)
         name = auto_composite if self.composite == "auto" else self.composite
         canonizers = self.canonizers if self.canonizers != "auto" or merge else None
-        bn = self.batchnorm or ("pass" if self.canonizers == "auto" and not merge else "epsilon")
+        # the pass rule sends a BatchNorm's relevance on whole, however small the layer output before it: the
+        # positive-part rules (z+, gamma, alpha-beta) share it out stably, epsilon divides by that output
+        keep = self.canonizers == "auto" and not merge
+        bn = self.batchnorm or ("pass" if keep and name != "epsilon" else "epsilon")
         if bn not in ("epsilon", "pass"):
             raise ValueError(f"batchnorm must be 'epsilon' or 'pass', got {bn!r}")
         params: dict[str, Any] = {"epsilon": self.epsilon, "gamma": self.gamma,
