@@ -1,9 +1,11 @@
 """The ``lrp`` method: layer-wise relevance propagation as a modified gradient, with a relevance ledger.
 
 Mechanism: one ``TorchFunctionMode`` intercepts the functional calls the layers make (``F.conv1d/2d/3d``,
-``F.linear``, ``F.batch_norm``, ``F.relu6`` / ``F.hardtanh``), recognising each layer by the identity of its
-weight tensor. A layer with a rule returns ``z + sum_k (G_k s_k - detach(G_k s_k))``: exactly its output in the
-forward, the rule's modified vector-Jacobian product in the backward. No hook is registered on a module, no
+``F.linear``, ``F.batch_norm``, ``F.relu`` / ``F.relu6`` / ``F.hardtanh``), recognising each layer by the identity
+of its weight tensor. A layer with a rule computes its output without autograd and returns it through one
+autograd node whose backward is the rule (transposed layers applied to the output relevance, see
+:mod:`seewhy.methods.lrp.rules`). A pass-through op applied to such an output (a rectifier, a BatchNorm with
+the pass rule) is folded into the node: no backward step of its own. No hook is registered on a module, no
 module is swapped, no parameter is written; the ledger uses tensor hooks on this call's graph only.
 
 Conventions (the backward signal is R / z; see :mod:`seewhy.methods.lrp.rules`):
@@ -12,11 +14,13 @@ Conventions (the backward signal is R / z; see :mod:`seewhy.methods.lrp.rules`):
   is LRP-0 for these bias-free linear ops: ``a + b`` splits relevance in proportion a / (a + b), b / (a + b)
   and conserves it exactly (unstable only where a + b ~ 0 with large opposite parts; the ledger shows it);
 - max pooling: winner takes all (plain gradient);
-- ``F.relu`` / ``nn.ReLU`` (in place too): plain gradient = pass-through of relevance; ``F.relu6`` /
-  ``nn.ReLU6`` / ``hardtanh(0, t)``: pass-through (the backward signal is scaled by a / z, so saturated units
-  keep their relevance); other activations keep their plain gradient;
+- ``F.relu`` / ``nn.ReLU`` (in place too): pass-through of relevance (the plain gradient does the same);
+  ``F.relu6`` / ``nn.ReLU6`` / ``hardtanh(0, t)``: pass-through (saturated units keep their relevance, unlike
+  with the plain gradient); other activations keep their plain gradient;
 - BatchNorm: merged into the adjacent conv/linear by the ``MergeBatchNorm`` canonizer; an unmerged one is
-  an element-wise linear layer with the composite's BatchNorm rule (epsilon in the presets).
+  an element-wise linear layer with the composite's BatchNorm rule (epsilon or pass in the presets);
+- in-place ops on a layer output (``out += shortcut``) are seen and handled; an in-place change through a
+  view of it (``out[:, :k] += ...``) is detected in the backward and reported.
 """
 
 from __future__ import annotations
@@ -135,7 +139,8 @@ class _Relevance(torch.autograd.Function):
         r = saved.num * grad  # a fresh tensor (the node may overwrite it) in the layout of the forward
         for holder in saved.ledger:
             holder.append(_sample_sums(r))
-        return None, ctx.node.backward(r), None, None
+        node, ctx.node, ctx.x, ctx.saved = ctx.node, None, None, None  # free coefficients and inputs as we go
+        return None, node.backward(r), None, None
 
 
 def _rectifier(func: Any, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:

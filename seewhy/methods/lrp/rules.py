@@ -60,8 +60,16 @@ class Layer:
         with torch.no_grad():
             return self.fn(x, weight, bias)
 
+    def __post_init__(self) -> None:
+        self._x_version = self.x._version
+
     def sign_x(self) -> Tensor:
         """sign(x), computed when called (a term's ``mult``: x is kept for the backward anyway)."""
+        if self.x._version != self._x_version:
+            raise RuntimeError(
+                "lrp: the model changed a layer's input in place after the layer used it; write that operation "
+                "out of place to explain this model with LRP"
+            )
         return torch.sign(self.x)
 
     def dense(self) -> bool:
