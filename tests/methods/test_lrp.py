@@ -142,6 +142,17 @@ def test_rule_matches_the_matrix_reference(name: str, kind: str, bias: bool, inp
         torch.testing.assert_close(got[i].flatten(), ref, rtol=1e-9, atol=1e-10)
 
 
+def test_alpha_beta_is_stable_where_one_side_is_tiny() -> None:
+    # contributions (1, 1, -1e-9): z- = -1e-9, so R * beta / z- is ~1e9; in float32 the shares must still be
+    # (alpha / 2, alpha / 2, -beta) R (a W / |W| decomposition would cancel catastrophically here)
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 1.0, 1e-6]]))
+    x = torch.tensor([[1.0, 1.0, -1e-3]])
+    got = _ours(layer, AlphaBeta(2.0, 1.0, bias=False), x, torch.ones(1, 1))
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, -1.0]]), rtol=1e-4, atol=1e-5)
+
+
 def test_zplus_equals_alpha1_beta0_without_biases() -> None:
     torch.manual_seed(1)
     layer = nn.Conv2d(3, 5, 3, padding=1).to(D).eval()

@@ -75,18 +75,24 @@ class _Node:
         self.terms, self.transpose = terms, transpose
 
     def backward(self, r: Tensor) -> Tensor:
+        # R * coef once per coefficient: a coefficient computed now is a temporary and takes the product in
+        # place; so does r (the caller's temporary) for the last stored coefficient
+        products: dict[int, Tensor] = {}
+        for term in self.terms:
+            if callable(term.coef):
+                c = term.coef()
+                products[id(term)] = c.mul_(r) if c.shape == torch.broadcast_shapes(r.shape, c.shape) else r * c
+        stored = list({id(t.coef): t.coef for t in self.terms if not callable(t.coef)}.values())
+        for k, c in enumerate(stored):
+            in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
+            products[id(c)] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
-        last = len(self.terms) - 1
-        for k, term in enumerate(self.terms):
-            # a coefficient computed now is a temporary; so is r for the last term: either can take the product
-            c = term.coef() if callable(term.coef) else term.coef
-            if callable(term.coef) and c.shape == torch.broadcast_shapes(r.shape, c.shape):
-                a = c.mul_(r)
-            elif k == last and r.shape == torch.broadcast_shapes(r.shape, c.shape):
-                a = r.mul_(c)
+        for term in self.terms:
+            a = products[id(term)] if callable(term.coef) else products[id(term.coef)]
+            if term.weight is None:
+                g = a if len(self.terms) == 1 else a.clone()
             else:
-                a = r * c
-            g = a if term.weight is None else self.transpose(a, term.weight)
+                g = self.transpose(a, term.weight)
             if term.mult is not None:
                 m = term.mult() if callable(term.mult) else term.mult
                 g = g.mul_(m) if g.shape == torch.broadcast_shapes(g.shape, m.shape) else g * m

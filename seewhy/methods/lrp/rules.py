@@ -63,14 +63,23 @@ class Layer:
     def __post_init__(self) -> None:
         self._x_version = self.x._version
 
-    def sign_x(self) -> Tensor:
-        """sign(x), computed when called (a term's ``mult``: x is kept for the backward anyway)."""
+    def _unchanged_x(self) -> Tensor:
         if self.x._version != self._x_version:
             raise RuntimeError(
                 "lrp: the model changed a layer's input in place after the layer used it; write that operation "
                 "out of place to explain this model with LRP"
             )
-        return torch.sign(self.x)
+        return self.x
+
+    # a term's ``mult`` computed in the backward (x is kept for it anyway)
+    def sign_x(self) -> Tensor:
+        return torch.sign(self._unchanged_x())
+
+    def x_positive(self) -> Tensor:
+        return self._unchanged_x() > 0
+
+    def x_negative(self) -> Tensor:
+        return self._unchanged_x() < 0
 
     def dense(self) -> bool:
         """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
@@ -129,26 +138,22 @@ def signed_parts(layer: Layer, bias: bool) -> tuple[Tensor, Tensor]:
 
 def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
                    beta: float = 0.0) -> list[Term]:
-    """Terms for ``alpha R * coef_plus`` through z+ minus ``beta R * coef_minus`` through z- (the derivatives of the
-    sums of positive / negative contributions): for x >= 0 they are W+ and W-; for signed x, dz+/dx =
-    (W + sign(x) |W|) / 2 and dz-/dx = (W - sign(x) |W|) / 2, which takes two transposed layers instead of four.
-    The coefficient tensors (temporaries) are reused; scalars go into the (small) weights."""
+    """Terms for ``alpha R * coef_plus`` through z+ minus ``beta R * coef_minus`` through z- (the sums of positive /
+    negative contributions): dz+/dx is W+ where x > 0 and W- where x < 0, dz-/dx the other way round. Two
+    transposed layers for x >= 0, four for signed x, each masked by the sign of x. (Written with W and |W| it
+    would take two, but their sums cancel where a denominator is tiny and its coefficient huge.)"""
     w = layer.weight
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    coefs = [coef_plus] if coef_minus is None else [coef_plus, coef_minus]
+    coefs = [c if c.is_contiguous() or c.is_contiguous(memory_format=torch.channels_last)
+             else torch.empty_like(layer.z).copy_(c) for c in coefs]  # halves of one wide output: made dense
+    terms = [Term(wp * alpha, coefs[0])] + ([Term(wn * -beta, coefs[1])] if coef_minus is not None else [])
     if layer.x_nonneg():
-        out = [Term(w.clamp(min=0).mul_(alpha), coef_plus)]
-        if coef_minus is not None:
-            out.append(Term(w.clamp(max=0).mul_(-beta), coef_minus))
-        return out
-    if coef_minus is None:
-        return [Term(w.abs().mul_(alpha / 2), coef_plus, layer.sign_x), Term(w * (alpha / 2), coef_plus)]
-    if coef_plus.is_contiguous(memory_format=torch.contiguous_format) or coef_plus.is_contiguous(
-            memory_format=torch.channels_last):  # alpha c+ + beta c- and alpha c+ - beta c-, in place
-        total = coef_plus.mul_(alpha).add_(coef_minus, alpha=beta)
-        diff = coef_minus.mul_(-2 * beta).add_(total)
-    else:  # halves of one wide output: dense new tensors (strided views slow down every later product)
-        total = torch.add(coef_plus * alpha, coef_minus, alpha=beta)
-        diff = torch.sub(coef_plus.mul_(alpha), coef_minus, alpha=beta)
-    return [Term(w * 0.5, diff), Term(w.abs().mul_(0.5), total, layer.sign_x)]
+        return terms
+    swapped = [Term(wn * alpha, coefs[0], layer.x_negative)]
+    if coef_minus is not None:
+        swapped.append(Term(wp * -beta, coefs[1], layer.x_negative))
+    return [Term(t.weight, t.coef, layer.x_positive) for t in terms] + swapped
 
 
 class Rule:
