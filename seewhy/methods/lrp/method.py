@@ -87,18 +87,36 @@ class _Node:
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
             products[id(c)] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
+        stacked: Tensor | None = None  # stacked terms: summed first, masked and folded once
         for term in self.terms:
             a = products[id(term)] if callable(term.coef) else products[id(term.coef)]
             if term.weight is None:
                 g = a if len(self.terms) == 1 else a.clone()
             else:
                 g = self.transpose(a, term.weight)
-            if term.mult is not None:
-                m = term.mult() if callable(term.mult) else term.mult
-                g = g.mul_(m) if g.shape == torch.broadcast_shapes(g.shape, m.shape) else g * m
-            out = g if out is None else out.add_(g)
+            if term.stacked:
+                stacked = g if stacked is None else stacked.add_(g)
+                mult = term.mult
+                continue
+            out = _add(out, _times(g, term.mult))
+        if stacked is not None:
+            stacked = _times(stacked, mult)
+            dim = -1 if stacked.ndim == 2 else 1
+            half = stacked.shape[dim] // 2
+            out = _add(out, stacked.narrow(dim, 0, half) + stacked.narrow(dim, half, half))
         assert out is not None
         return out
+
+
+def _times(g: Tensor, mult: Tensor | Callable[[], Tensor] | None) -> Tensor:
+    if mult is None:
+        return g
+    m = mult() if callable(mult) else mult
+    return g.mul_(m) if g.shape == torch.broadcast_shapes(g.shape, m.shape) else g * m
+
+
+def _add(out: Tensor | None, g: Tensor) -> Tensor:
+    return g if out is None else out.add_(g)
 
 
 def _sample_sums(t: Tensor) -> Tensor:

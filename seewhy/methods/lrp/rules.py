@@ -37,6 +37,7 @@ class Term:
     weight: Tensor | None
     coef: Tensor | Callable[[], Tensor]
     mult: Tensor | Callable[[], Tensor] | None = None
+    stacked: bool = False  # W^T gives the input channels twice, [for x+; for x-]: masked by the sign and summed
 
 
 @dataclass
@@ -80,6 +81,11 @@ class Layer:
 
     def x_negative(self) -> Tensor:
         return self._unchanged_x() < 0
+
+    def x_signs(self) -> Tensor:
+        """[x > 0, x < 0] stacked on the channel dimension (the masks of a stacked term)."""
+        x = self._unchanged_x()
+        return torch.cat([x > 0, x < 0], -1 if self.weight.ndim == 2 else 1)
 
     def dense(self) -> bool:
         """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
@@ -150,6 +156,11 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
     terms = [Term(wp * alpha, coefs[0])] + ([Term(wn * -beta, coefs[1])] if coef_minus is not None else [])
     if layer.x_nonneg():
         return terms
+    if layer.dense():  # through the stacked input [x+, x-]: [W+, W-] and [W-, W+], two transposed layers
+        stacked = [Term(torch.cat([wp, wn], 1) * alpha, coefs[0], layer.x_signs, stacked=True)]
+        if coef_minus is not None:
+            stacked.append(Term(torch.cat([wn, wp], 1) * -beta, coefs[1], layer.x_signs, stacked=True))
+        return stacked
     swapped = [Term(wn * alpha, coefs[0], layer.x_negative)]
     if coef_minus is not None:
         swapped.append(Term(wp * -beta, coefs[1], layer.x_negative))
