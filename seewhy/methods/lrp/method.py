@@ -429,10 +429,10 @@ class _LRPMode(TorchFunctionMode):
         if rule is None:
             return compute()
         with torch.no_grad():
-            z = compute()
             nonneg = True if self._is_nonneg(x) else None
-            terms = rule.terms(Layer(x.detach(), w.detach(), None if b is None else b.detach(), fn, z, elementwise,
-                                     nonneg))
+            layer = Layer(x.detach(), w.detach(), None if b is None else b.detach(), fn, compute, elementwise, nonneg)
+            terms = rule.terms(layer)
+            z = layer.z
         return self._emit(_Node(terms, transpose(z)), z, x)
 
     # --- the ledger ---------------------------------------------------------------------------------------

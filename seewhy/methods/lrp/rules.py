@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -45,6 +46,8 @@ class Layer:
     """One call of a linear layer as the rules see it: ``z = fn(x, weight, bias)``, all detached.
 
     ``fn`` re-runs the same operation (same stride, padding, groups) with other inputs or weights;
+    ``compute`` gives the output ``z`` when a rule first asks for it (a rule that evaluates the layer in parts
+    anyway may set ``layer.z`` from them instead: it becomes the output the network sees);
     ``nonneg`` says whether ``x >= 0`` is known (True after a rectifier; None: look).
     """
 
@@ -52,9 +55,14 @@ class Layer:
     weight: Tensor
     bias: Tensor | None
     fn: LayerFn
-    z: Tensor
+    compute: Callable[[], Tensor]
     elementwise: bool = False  # BatchNorm seen as y = weight * x + bias per channel
     nonneg: bool | None = None
+
+    @cached_property
+    def z(self) -> Tensor:
+        with torch.no_grad():
+            return self.compute()
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer's operation with other inputs / weights (no autograd graph)."""
@@ -98,7 +106,7 @@ class Layer:
 
     def bias_view(self, b: Tensor) -> Tensor:
         """A per-output bias shaped to broadcast against ``z``."""
-        return b.view(1, -1, *([1] * (self.z.ndim - 2))) if self.z.ndim > 2 else b
+        return b.view(1, -1, *([1] * (self.x.ndim - 2))) if self.x.ndim > 2 else b
 
 
 def safe_divide(num: Tensor, den: Tensor, epsilon: float = 0.0) -> Tensor:
@@ -234,6 +242,7 @@ class AlphaBeta(Rule):
     """LRP-alpha-beta (Bach et al. 2015): R_i = sum_j (alpha z_ij+ / z_j+ - beta z_ij- / z_j-) R_j.
 
     Conservative when alpha - beta = 1. ``bias=True`` counts b+ / b- in z_j+ / z_j- (they absorb relevance).
+    The layer's output in this pass is z+ + z- (its value up to rounding), which saves one evaluation.
     """
 
     alpha: float = 2.0
@@ -246,6 +255,8 @@ class AlphaBeta(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         zp, zn = signed_parts(layer, self.bias)  # exact values: either may be ~0, where rounding would matter
+        # the output from its parts (equal up to rounding): one layer evaluation fewer
+        layer.z = zp + zn if self.bias or layer.bias is None else zp + zn + layer.bias_view(layer.bias)
         cp = stabilized_reciprocal(zp, inplace=True)
         cn = stabilized_reciprocal(zn, inplace=True) if self.beta else None
         return positive_terms(layer, cp, cn, self.alpha, self.beta)
