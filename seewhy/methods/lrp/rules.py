@@ -215,7 +215,8 @@ class Gamma(Rule):
         # (|W| |x| + W x) / 2 + b+. With sigma = sign(z), z' = z + gamma z+ (z > 0) or z + gamma z- =
         # (1 + gamma) z - gamma z+ (z < 0), so |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+. The backward,
         # W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|) with dz+/dx = (W + sign(x) |W|) / 2, is
-        # (1 + gamma/2) W^T (R r) + gamma/2 sign(x) |W|^T (R |r|) with r = 1 / z': one tensor kept per layer.
+        # (1 + gamma/2) W^T (R r) + gamma/2 sign(x) |W|^T (R |r|) with r = 1 / z': one tensor kept per layer
+        # (without biases |z'| >= gamma/2 sum_i |x_i w_ij|, so the two sums cannot cancel catastrophically).
         # In-place arithmetic, no boolean mask (where/masked_fill run ~10x slower on CPU, and every fresh
         # buffer costs page faults).
         w, z, g = layer.weight, layer.z, self.gamma
