@@ -87,7 +87,7 @@ class _Node:
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
             products[id(c)] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
-        stacked: Tensor | None = None  # stacked terms: summed first, masked and folded once
+        stacked: Tensor | None = None  # stacked terms (they share their mult): summed, masked and folded once
         for term in self.terms:
             a = products[id(term)] if callable(term.coef) else products[id(term.coef)]
             if term.weight is None:
@@ -199,8 +199,9 @@ def _is_inplace(func: Any) -> bool:
 
 def _conv_transpose(func: Any, x: Tensor, z: Tensor, w: Tensor, stride: Any, padding: Any, dilation: Any,
                     groups: int) -> Transpose | None:
-    """The input gradient of a convolution as a transposed convolution (much faster than the generic
-    convolution backward for strided depthwise layers on CPU), or None where it cannot be written so."""
+    """The input gradient of a convolution as a transposed convolution (it needs no input tensor; on CPU it ran
+    as fast as the generic convolution backward or faster in our measurements), or None where it cannot be
+    written so (asymmetric "same" padding, unbatched inputs)."""
     n = w.ndim - 2
     if x.ndim != w.ndim or z.ndim != w.ndim:
         return None
