@@ -361,6 +361,9 @@ def test_a_model_that_views_its_feature_maps_still_works() -> None:
     assert a.is_contiguous()
     b = LRP(composite="epsilon_plus_flat", canonizers=None)(model, x, 2)  # input rule: the result is the gradient
     assert b.is_contiguous() and torch.isfinite(b).all()
+    from seewhy.methods.lrp.method import _STANDARD_LAYOUT
+
+    assert _STANDARD_LAYOUT.get(model)  # remembered: later calls skip the channels_last try
 
 
 def test_input_rule_elsewhere_than_the_first_layer_is_an_error() -> None:
