@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 
-from common import RESULTS, setup, write_table
+from common import RESULTS, forward_backward_step, setup, write_table
 
 import seewhy
 from seewhy.methods.lrp import PRESETS, MergeBatchNorm
@@ -30,11 +30,6 @@ from seewhy.methods.lrp import PRESETS, MergeBatchNorm
 def main() -> None:
     args, model, x, target = setup(__doc__)
     b = x.shape[0]
-
-    def reference() -> None:
-        leaf = x.clone().requires_grad_(True)
-        model(leaf).gather(1, target[:, None]).sum().backward()
-        model.zero_grad(set_to_none=True)
 
     runs: list[tuple[str, object, str]] = [
         ("seewhy input_x_gradient", lambda: seewhy.explain(model, x, "input_x_gradient", target=target), "")]
@@ -49,7 +44,7 @@ def main() -> None:
     runs.append(("seewhy lrp defaults + ledger", lambda: seewhy.explain(model, x, "lrp", target=target),
                  "composite=auto (epsilon_gamma_box), canonizers=auto"))
 
-    fns = [("forward+backward (reference)", reference, "")] + runs
+    fns = [("forward+backward (reference)", forward_backward_step(model, x), "")] + runs
     best = [float("inf")] * len(fns)
     for _, fn, _ in fns:  # warm-up
         fn()  # type: ignore[operator]

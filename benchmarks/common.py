@@ -55,9 +55,9 @@ def timed(fn: Callable[[], object], repeat: int, warmup: int = 1, best: bool = F
     return min(times) if best else statistics.median(times)
 
 
-def forward_backward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int, best: bool = False) -> float:
-    """Seconds per image of a training-style step: forward with gradients, backward of the top-1 scores to
-    the input and every parameter (median of ``repeat`` runs, or with ``best`` the fastest)."""
+def forward_backward_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A training-style step: forward with gradients, backward of the top-1 scores to the input and every
+    parameter (the reference cost of the gradient-based benchmarks)."""
     target = model(x).argmax(1).detach()
 
     def step() -> None:
@@ -65,7 +65,13 @@ def forward_backward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int, 
         model(leaf).gather(1, target[:, None]).sum().backward()
         model.zero_grad(set_to_none=True)
 
-    return timed(step, repeat, best=best) / x.shape[0]
+    return step
+
+
+def forward_backward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int, best: bool = False) -> float:
+    """Seconds per image of :func:`forward_backward_step` (median of ``repeat`` runs, or with ``best`` the
+    fastest)."""
+    return timed(forward_backward_step(model, x), repeat, best=best) / x.shape[0]
 
 
 def forward_time(model: torch.nn.Module, x: torch.Tensor, repeat: int, channels_last: bool = True) -> float:

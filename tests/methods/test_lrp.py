@@ -153,6 +153,18 @@ def test_alpha_beta_is_stable_where_one_side_is_tiny() -> None:
     torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, -1.0]]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rule", [AlphaBeta(2.0, 1.0), ZPlus(), Gamma(), Epsilon(0.1)], ids=type)
+def test_linear_rules_on_inputs_with_extra_dimensions(rule) -> None:
+    # a linear layer on (B, T, features), as in token models, gives each row what the row alone would get
+    torch.manual_seed(6)
+    layer = nn.Linear(5, 3).to(D)
+    x = torch.randn(2, 4, 5, dtype=D)
+    r = torch.rand(2, 4, 3, dtype=D) + 0.5
+    got = _ours(layer, rule, x, r)
+    rows = _ours(layer, rule, x.reshape(8, 5), r.reshape(8, 3))
+    torch.testing.assert_close(got.reshape(8, 5), rows, rtol=1e-9, atol=1e-12)
+
+
 def test_zplus_equals_alpha1_beta0_without_biases() -> None:
     torch.manual_seed(1)
     layer = nn.Conv2d(3, 5, 3, padding=1).to(D).eval()

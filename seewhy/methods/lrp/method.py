@@ -42,28 +42,12 @@ from ...targets import Target
 from ..gradient import GradientMethod
 from .canonizers import bn_key, merge_plan, resolve_canonizers
 from .composites import BATCHNORM, CONV, LINEAR, Composite, get_composite
-from .rules import Epsilon, Layer, Pass, Rule, Term, safe_divide
+from .rules import Epsilon, Layer, Pass, Rule, Term, safe_divide, stabilized_reciprocal
 
 _LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
 _TRANSPOSED = {F.conv1d: F.conv_transpose1d, F.conv2d: F.conv_transpose2d, F.conv3d: F.conv_transpose3d}
-_CONV_ARGS = (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
-              ("groups", 1))
+_CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}  # after input, weight, bias
 Transpose = Callable[[Tensor, Tensor], Tensor]
-
-
-class _PassThrough(torch.autograd.Function):
-    """clamp(x, lo, hi) forward; backward g * a / x, i.e. the relevance a * g passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, lo: float, hi: float | None) -> Tensor:  # type: ignore[override]
-        out = x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
-        ctx.save_for_backward(safe_divide(out, x))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
 
 
 class _Node:
@@ -71,7 +55,7 @@ class _Node:
 
     __slots__ = ("terms", "transpose")
 
-    def __init__(self, terms: list[Term], transpose: Transpose) -> None:
+    def __init__(self, terms: list[Term], transpose: Transpose | None) -> None:  # None: identity terms only
         self.terms, self.transpose = terms, transpose
 
     def backward(self, r: Tensor) -> Tensor:
@@ -87,21 +71,20 @@ class _Node:
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
             products[id(c)] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
-        stacked: Tensor | None = None  # stacked terms (they share their mult): summed, masked and folded once
+        stacked: Tensor | None = None  # stacked terms (they share mult and dim): summed, masked and folded once
         for term in self.terms:
             a = products[id(term)] if callable(term.coef) else products[id(term.coef)]
-            if term.weight is None:
+            if term.weight is None or self.transpose is None:
                 g = a if len(self.terms) == 1 else a.clone()
             else:
                 g = self.transpose(a, term.weight)
-            if term.stacked:
-                stacked = g if stacked is None else stacked.add_(g)
-                mult = term.mult
+            if term.stacked_dim is None:
+                out = _add(out, _times(g, term.mult))
                 continue
-            out = _add(out, _times(g, term.mult))
+            stacked = _add(stacked, g)
+            mult, dim = term.mult, term.stacked_dim
         if stacked is not None:
             stacked = _times(stacked, mult)
-            dim = -1 if stacked.ndim == 2 else 1
             half = stacked.shape[dim] // 2
             out = _add(out, stacked.narrow(dim, 0, half) + stacked.narrow(dim, half, half))
         assert out is not None
@@ -332,9 +315,14 @@ class _LRPMode(TorchFunctionMode):
         if entry is None:  # not a node output: the plain gradient of a ReLU passes relevance; relu6 needs a node
             if inplace and id(x) in self.outputs:
                 self._unshare(x)
-            out = func(*args, **kwargs) if hi is None else _PassThrough.apply(x, lo, hi)
-            if hi is not None and inplace:
-                out = x.copy_(out)
+            if hi is None:
+                out = func(*args, **kwargs)
+            else:  # the pass rule as a node of its own: R_x = R_a (the gradient becomes grad * a / x)
+                with torch.no_grad():
+                    a, coef = x.clamp(lo, hi), stabilized_reciprocal(x.detach())
+                out = self._emit(_Node([Term(None, coef)], None), a, x)
+                if inplace:
+                    out = x.copy_(out)
         elif inplace:  # the node now computes R from the rectified value: no new node
             with torch.no_grad():
                 x.clamp_(min=lo) if hi is None else x.clamp_(lo, hi)
@@ -364,9 +352,7 @@ class _LRPMode(TorchFunctionMode):
         def transpose(z: Tensor) -> Transpose:
             if func is F.linear:
                 return lambda a, ww: a @ ww
-            conv = dict(_CONV_ARGS)
-            conv.update(zip((k for k, _ in _CONV_ARGS[3:]), rest, strict=False))
-            conv.update(kw)
+            conv = {**_CONV_DEFAULTS, **dict(zip(_CONV_DEFAULTS, rest, strict=False)), **kw}
             t = _conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
             return t if t is not None else _vjp_transpose(fn, x.detach())
 

@@ -38,7 +38,8 @@ class Term:
     weight: Tensor | None
     coef: Tensor | Callable[[], Tensor]
     mult: Tensor | Callable[[], Tensor] | None = None
-    stacked: bool = False  # W^T gives the input channels twice, [for x+; for x-]: masked by the sign and summed
+    # W^T gives the input channels twice along this dimension, [for x+; for x-]: masked by ``mult`` and summed
+    stacked_dim: int | None = None
 
 
 @dataclass
@@ -93,11 +94,20 @@ class Layer:
     def x_signs(self) -> Tensor:
         """[x > 0, x < 0] stacked on the channel dimension (the masks of a stacked term)."""
         x = self._unchanged_x()
-        return torch.cat([x > 0, x < 0], -1 if self.weight.ndim == 2 else 1)
+        return torch.cat([x > 0, x < 0], self.channel_dim)
+
+    @property
+    def channel_dim(self) -> int:
+        """The input's channel dimension: last for a linear layer, 1 for a convolution."""
+        return -1 if self.weight.ndim == 2 else 1
+
+    def stacked_x(self) -> Tensor:
+        """[x+, x-] on the channel dimension: one call through [W+, W-] gives W+ x+ + W- x-."""
+        return torch.cat([self.x.clamp(min=0), self.x.clamp(max=0)], self.channel_dim)
 
     def dense(self) -> bool:
         """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
-        return not self.elementwise and self.weight.shape[1] == self.x.shape[-1 if self.weight.ndim == 2 else 1]
+        return not self.elementwise and self.weight.shape[1] == self.x.shape[self.channel_dim]
 
     def x_nonneg(self) -> bool:
         if self.nonneg is None:
@@ -106,7 +116,9 @@ class Layer:
 
     def bias_view(self, b: Tensor) -> Tensor:
         """A per-output bias shaped to broadcast against ``z``."""
-        return b.view(1, -1, *([1] * (self.x.ndim - 2))) if self.x.ndim > 2 else b
+        if self.channel_dim == -1 or self.x.ndim <= 2:  # features last: broadcasts as it is
+            return b
+        return b.view(1, -1, *([1] * (self.x.ndim - 2)))
 
 
 def safe_divide(num: Tensor, den: Tensor, epsilon: float = 0.0) -> Tensor:
@@ -136,14 +148,13 @@ def signed_parts(layer: Layer, bias: bool) -> tuple[Tensor, Tensor]:
     w, x = layer.weight, layer.x
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
-    dim = -1 if w.ndim == 2 else 1
-    both = None if bp is None or bn is None else torch.cat([bp, bn])
     if layer.x_nonneg():
         return layer.forward(x, wp, bp), layer.forward(x, wn, bn)
     if layer.dense():  # one call: [x+, x-] through [[W+, W-], [W-, W+]] (bigger, more efficient matrix products)
         wide = torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)])
-        out = layer.forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], dim), wide, both)
-        return out.split(w.shape[0], dim)  # type: ignore[return-value]
+        both = None if bp is None or bn is None else torch.cat([bp, bn])
+        out = layer.forward(layer.stacked_x(), wide, both)
+        return out.split(w.shape[0], layer.channel_dim)  # type: ignore[return-value]
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
     zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
@@ -165,9 +176,10 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
     if layer.x_nonneg():
         return terms
     if layer.dense():  # through the stacked input [x+, x-]: [W+, W-] and [W-, W+], two transposed layers
-        stacked = [Term(torch.cat([wp, wn], 1) * alpha, coefs[0], layer.x_signs, stacked=True)]
+        dim = layer.channel_dim
+        stacked = [Term(torch.cat([wp, wn], 1) * alpha, coefs[0], layer.x_signs, stacked_dim=dim)]
         if coef_minus is not None:
-            stacked.append(Term(torch.cat([wn, wp], 1) * -beta, coefs[1], layer.x_signs, stacked=True))
+            stacked.append(Term(torch.cat([wn, wp], 1) * -beta, coefs[1], layer.x_signs, stacked_dim=dim))
         return stacked
     swapped = [Term(wn * alpha, coefs[0], layer.x_negative)]
     if coef_minus is not None:
@@ -273,9 +285,7 @@ class ZPlus(Rule):
         if layer.x_nonneg():
             zp = layer.forward(x, w.clamp(min=0))
         elif layer.dense():  # one call: [x+, x-] through [W+, W-]
-            dim = -1 if w.ndim == 2 else 1
-            zp = layer.forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], dim),
-                               torch.cat([w.clamp(min=0), w.clamp(max=0)], 1))
+            zp = layer.forward(layer.stacked_x(), torch.cat([w.clamp(min=0), w.clamp(max=0)], 1))
         else:
             zp = layer.forward(x.clamp(min=0), w.clamp(min=0)).add_(layer.forward(x.clamp(max=0), w.clamp(max=0)))
         return positive_terms(layer, stabilized_reciprocal(zp, inplace=True))
