@@ -68,8 +68,8 @@ def _reference(rule: str, m: torch.Tensor, ones: torch.Tensor, x: torch.Tensor, 
         return share(q, den)
     if rule == "alpha_beta":
         zp, zn = z.clamp(min=0), z.clamp(max=0)
-        dp = zp.sum(1) + (b.clamp(min=0) if bias else 0)
-        dn = zn.sum(1) + (b.clamp(max=0) if bias else 0)
+        dp = zp.sum(1) + (b.clamp(min=0) if bias else 0) + eps
+        dn = zn.sum(1) + (b.clamp(max=0) if bias else 0) - eps
         dp, dn = (torch.where(d == 0, torch.inf, d) for d in (dp, dn))  # no contribution of that sign: share 0
         return alpha * (zp / dp[:, None] * r[:, None]).sum(0) - beta * (zn / dn[:, None] * r[:, None]).sum(0)
     if rule == "flat":
@@ -98,22 +98,28 @@ LAYERS = {
     "linear": lambda bias: nn.Linear(12, 5, bias=bias),
     "conv": lambda bias: nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias),
     "depthwise": lambda bias: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=bias),
+    # asymmetric padding: the transposed layers come from autograd (the fallback)
+    "same_even": lambda bias: nn.Conv2d(3, 4, 4, padding="same", bias=bias),
 }
-SHAPES = {"linear": (12,), "conv": (3, 6, 6), "depthwise": (4, 5, 5)}
+SHAPES = {"linear": (12,), "conv": (3, 6, 6), "depthwise": (4, 5, 5), "same_even": (3, 5, 5)}
 RULES = {
     "lrp0": (LRP0(), {}),
     "epsilon": (Epsilon(0.1), {"eps": 0.1}),
     "gamma": (Gamma(gamma=0.5, epsilon=0.0), {"gamma": 0.5}),
-    "alpha1_beta0": (AlphaBeta(1.0, 0.0), {"alpha": 1.0, "beta": 0.0}),
-    "alpha2_beta1": (AlphaBeta(2.0, 1.0), {"alpha": 2.0, "beta": 1.0}),
-    "alpha3_beta2_nobias": (AlphaBeta(3.0, 2.0, bias=False), {"alpha": 3.0, "beta": 2.0, "bias": False}),
-    "zplus": (ZPlus(), {"alpha": 1.0, "beta": 0.0, "bias": False}),
+    "alpha1_beta0": (AlphaBeta(1.0, 0.0), {"alpha": 1.0, "beta": 0.0, "eps": 1e-6}),
+    "alpha2_beta1": (AlphaBeta(2.0, 1.0), {"alpha": 2.0, "beta": 1.0, "eps": 1e-6}),
+    "alpha2_beta1_exact": (AlphaBeta(2.0, 1.0, epsilon=0.0), {"alpha": 2.0, "beta": 1.0}),
+    "alpha3_beta2_nobias": (AlphaBeta(3.0, 2.0, bias=False, epsilon=0.1),
+                            {"alpha": 3.0, "beta": 2.0, "bias": False, "eps": 0.1}),
+    "zplus": (ZPlus(), {"alpha": 1.0, "beta": 0.0, "bias": False, "eps": 1e-6}),
+    "zplus_exact": (ZPlus(epsilon=0.0), {"alpha": 1.0, "beta": 0.0, "bias": False}),
     "flat": (Flat(), {}),
     "wsquare": (WSquare(), {}),
     "zbox": (ZBox(low=-2.5, high=2.5, epsilon=0.0), {}),
 }
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("inputs", ["signed", "nonneg"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("kind", sorted(LAYERS))
@@ -134,8 +140,7 @@ def test_rule_matches_the_matrix_reference(name: str, kind: str, bias: bool, inp
     ones = _dense(layer, SHAPES[kind], torch.ones_like(layer.weight))
     b = layer.bias if bias else torch.zeros(layer.weight.shape[0], dtype=D)
     b = b.detach().repeat_interleave(m.shape[0] // b.shape[0])  # per output unit, channel-major
-    ref_rule = {"alpha1_beta0": "alpha_beta", "alpha2_beta1": "alpha_beta", "alpha3_beta2_nobias": "alpha_beta",
-                "zplus": "alpha_beta"}.get(name, name)
+    ref_rule = "alpha_beta" if name.startswith(("alpha", "zplus")) else name
     lo = torch.full((m.shape[1],), -2.5, dtype=D)
     for i in range(x.shape[0]):
         ref = _reference(ref_rule, m, ones, x[i].flatten(), b, r_out[i].flatten(), lo, -lo, **kw)
@@ -149,8 +154,11 @@ def test_alpha_beta_is_stable_where_one_side_is_tiny() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 1.0, 1e-6]]))
     x = torch.tensor([[1.0, 1.0, -1e-3]])
-    got = _ours(layer, AlphaBeta(2.0, 1.0, bias=False), x, torch.ones(1, 1))
+    got = _ours(layer, AlphaBeta(2.0, 1.0, bias=False, epsilon=0.0), x, torch.ones(1, 1))
     torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, -1.0]]), rtol=1e-4, atol=1e-5)
+    # with the default stabilizer 1e-6, z- - eps is dominated by eps: the negative share is 1e-9 / (1e-9 + 1e-6)
+    got = _ours(layer, AlphaBeta(2.0, 1.0, bias=False), x, torch.ones(1, 1))
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, -1e-9 / (1e-9 + 1e-6)]]), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("rule", [AlphaBeta(2.0, 1.0), ZPlus(), Gamma(), Epsilon(0.1)], ids=type)

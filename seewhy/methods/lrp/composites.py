@@ -2,7 +2,8 @@
 
 The presets follow Kohlbrenner et al. 2020 ("Towards best practice in explaining neural network decisions
 with LRP"): epsilon at dense layers, a z+ / gamma / alpha-beta rule at convolutions, an input rule (flat,
-box) at the first layer. BatchNorm layers that no canonizer merged get the epsilon rule.
+box) at the first layer. BatchNorm layers that no canonizer merged get the epsilon rule. ``epsilon`` is the
+stabilizer of every rule in a preset.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ def _base(conv: Rule, epsilon: float, first: Rule | None, batchnorm: Rule | None
 
 def epsilon_plus(epsilon: float = 1e-6, batchnorm: Rule | None = None, **_: object) -> Composite:
     """z+ at convolutions, epsilon at linear layers; unmerged BatchNorms get ``batchnorm`` (default epsilon)."""
-    return _base(ZPlus(), epsilon, None, batchnorm)
+    return _base(ZPlus(epsilon), epsilon, None, batchnorm)
 
 
 def epsilon_plus_flat(epsilon: float = 1e-6, batchnorm: Rule | None = None, **_: object) -> Composite:
     """``epsilon_plus`` with the flat rule at the first layer."""
-    return _base(ZPlus(), epsilon, Flat(), batchnorm)
+    return _base(ZPlus(epsilon), epsilon, Flat(), batchnorm)
 
 
 def epsilon_gamma_box(
@@ -65,17 +66,17 @@ def epsilon_gamma_box(
     high: float | Tensor | None = None, batchnorm: Rule | None = None, **_: object,
 ) -> Composite:
     """gamma at convolutions, epsilon at linear layers, the box rule (inputs in [low, high]) at the first layer."""
-    return _base(Gamma(gamma=gamma), epsilon, ZBox(low=low, high=high), batchnorm)
+    return _base(Gamma(gamma=gamma, epsilon=epsilon), epsilon, ZBox(low=low, high=high), batchnorm)
 
 
 def epsilon_alpha2_beta1(epsilon: float = 1e-6, batchnorm: Rule | None = None, **_: object) -> Composite:
     """alpha2-beta1 at convolutions, epsilon at linear layers."""
-    return _base(AlphaBeta(2.0, 1.0), epsilon, None, batchnorm)
+    return _base(AlphaBeta(2.0, 1.0, epsilon=epsilon), epsilon, None, batchnorm)
 
 
 def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, batchnorm: Rule | None = None, **_: object) -> Composite:
     """``epsilon_alpha2_beta1`` with the flat rule at the first layer."""
-    return _base(AlphaBeta(2.0, 1.0), epsilon, Flat(), batchnorm)
+    return _base(AlphaBeta(2.0, 1.0, epsilon=epsilon), epsilon, Flat(), batchnorm)
 
 
 def epsilon(epsilon: float = 1e-6, batchnorm: Rule | None = None, **_: object) -> Composite:

@@ -63,17 +63,22 @@ class _Node:
         # place; so does r (the caller's temporary) for the last stored coefficient
         products: dict[int, Tensor] = {}
         for term in self.terms:
-            if callable(term.coef):
+            if term.pair_dim is not None:  # R * [c1; c2], in place in the stored wide coefficient (used once)
+                d = term.pair_dim
+                c = term.coef() if callable(term.coef) else term.coef
+                products[id(term)] = c.unflatten(d, (2, -1)).mul_(r.unsqueeze(d)).flatten(d, d + 1)
+            elif callable(term.coef):
                 c = term.coef()
                 products[id(term)] = c.mul_(r) if c.shape == torch.broadcast_shapes(r.shape, c.shape) else r * c
-        stored = list({id(t.coef): t.coef for t in self.terms if not callable(t.coef)}.values())
+        stored = list({id(t.coef): t.coef for t in self.terms
+                       if not callable(t.coef) and t.pair_dim is None}.values())
         for k, c in enumerate(stored):
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
             products[id(c)] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
         stacked: Tensor | None = None  # stacked terms (they share mult and dim): summed, masked and folded once
         for term in self.terms:
-            a = products[id(term)] if callable(term.coef) else products[id(term.coef)]
+            a = products[id(term)] if callable(term.coef) or term.pair_dim is not None else products[id(term.coef)]
             if term.weight is None or self.transpose is None:
                 g = a if len(self.terms) == 1 else a.clone()
             else:
@@ -214,11 +219,13 @@ def _conv_transpose(func: Any, x: Tensor, z: Tensor, w: Tensor, stride: Any, pad
     return transpose
 
 
-def _vjp_transpose(fn: Any, x: Tensor) -> Transpose:
-    """The input gradient of ``fn(x, W)`` by autograd (the fallback for unusual convolution arguments)."""
+def _vjp_transpose(fn: Any, x: Tensor, in_channels: int) -> Transpose:
+    """The input gradient of ``fn(x, W)`` by autograd (the fallback for unusual convolution arguments); a weight
+    with k times ``in_channels`` per group takes k stacked copies of the input (a stacked term)."""
     def transpose(a: Tensor, weight: Tensor) -> Tensor:
+        k = weight.shape[1] // in_channels
         with torch.enable_grad():
-            leaf = torch.zeros_like(x).requires_grad_(True)
+            leaf = torch.zeros_like(x if k == 1 else torch.cat([x] * k, 1)).requires_grad_(True)
             return torch.autograd.grad(fn(leaf, weight, None), leaf, a)[0]
 
     return transpose
@@ -354,7 +361,7 @@ class _LRPMode(TorchFunctionMode):
                 return lambda a, ww: a @ ww
             conv = {**_CONV_DEFAULTS, **dict(zip(_CONV_DEFAULTS, rest, strict=False)), **kw}
             t = _conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-            return t if t is not None else _vjp_transpose(fn, x.detach())
+            return t if t is not None else _vjp_transpose(fn, x.detach(), w.shape[1])
 
         first = not self.first_seen
         self.first_seen = True

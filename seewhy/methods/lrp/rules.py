@@ -40,6 +40,8 @@ class Term:
     mult: Tensor | Callable[[], Tensor] | None = None
     # W^T gives the input channels twice along this dimension, [for x+; for x-]: masked by ``mult`` and summed
     stacked_dim: int | None = None
+    # ``coef`` holds two coefficients along this dimension, [c1; c2] (one wide layer output): R * [c1; c2]
+    pair_dim: int | None = None
 
 
 @dataclass
@@ -103,7 +105,11 @@ class Layer:
 
     def stacked_x(self) -> Tensor:
         """[x+, x-] on the channel dimension: one call through [W+, W-] gives W+ x+ + W- x-."""
-        return torch.cat([self.x.clamp(min=0), self.x.clamp(max=0)], self.channel_dim)
+        d, n = self.channel_dim, self.x.shape[self.channel_dim]
+        out = torch.cat([self.x, self.x], d)
+        out.narrow(d, 0, n).clamp_(min=0)
+        out.narrow(d, n, n).clamp_(max=0)
+        return out
 
     def dense(self) -> bool:
         """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
@@ -143,22 +149,42 @@ def _bias_part(layer: Layer, positive: bool) -> Tensor | None:
     return layer.bias.clamp(min=0) if positive else layer.bias.clamp(max=0)
 
 
-def signed_parts(layer: Layer, bias: bool) -> tuple[Tensor, Tensor]:
-    """Exact (z+, z-): the sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b- with ``bias``)."""
+def finite_stabilizer(epsilon: float, dtype: torch.dtype) -> bool:
+    """Whether ``epsilon`` keeps ``1 / (z+ + epsilon)`` (z+ >= 0) and its products with relevances finite in
+    ``dtype`` (then no guard against 1 / 0 is needed)."""
+    return epsilon >= torch.finfo(dtype).max ** -0.5
+
+
+def _shifted(b: Tensor | None, shift: float, like: Tensor) -> Tensor | None:
+    """``b + shift`` (a bias of ``shift`` where there is none; ``b`` itself for shift 0), per output of ``like``."""
+    if not shift:
+        return b
+    return like.new_full(like.shape[:1], shift) if b is None else b + shift
+
+
+def signed_parts(layer: Layer, bias: bool, epsilon: float = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Exact (z+ + eps, z- - eps, wide): the sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b-
+    with ``bias``), stabilized through the bias of the call that computes them (no pass over the outputs of its
+    own). Dense layers take one wide call whose output ``wide`` is [z+; z-] on the channel dimension (z+ and
+    z- are views of it); else ``wide`` is None."""
     w, x = layer.weight, layer.x
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
-    if layer.x_nonneg():
-        return layer.forward(x, wp, bp), layer.forward(x, wn, bn)
-    if layer.dense():  # one call: [x+, x-] through [[W+, W-], [W-, W+]] (bigger, more efficient matrix products)
-        wide = torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)])
+    bp, bn = _shifted(bp, epsilon, w), _shifted(bn, -epsilon, w)
+    if layer.dense():
         both = None if bp is None or bn is None else torch.cat([bp, bn])
-        out = layer.forward(layer.stacked_x(), wide, both)
-        return out.split(w.shape[0], layer.channel_dim)  # type: ignore[return-value]
+        if layer.x_nonneg():  # x through [W+; W-]
+            wide = layer.forward(x, torch.cat([wp, wn]), both)
+        else:  # [x+, x-] through [[W+, W-], [W-, W+]] (bigger, more efficient matrix products)
+            wide = layer.forward(layer.stacked_x(), torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)]), both)
+        zp, zn = wide.split(w.shape[0], layer.channel_dim)
+        return zp, zn, wide
+    if layer.x_nonneg():
+        return layer.forward(x, wp, bp), layer.forward(x, wn, bn), None
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
     zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
-    return zp, zn
+    return zp, zn, None
 
 
 def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
@@ -185,6 +211,19 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
     if coef_minus is not None:
         swapped.append(Term(wp * -beta, coefs[1], layer.x_negative))
     return [Term(t.weight, t.coef, layer.x_positive) for t in terms] + swapped
+
+
+def wide_terms(layer: Layer, wide_coef: Tensor, alpha: float, beta: float) -> list[Term]:
+    """``positive_terms`` for a dense layer whose coefficients are one wide tensor [c+; c-] (from the wide call
+    of :func:`signed_parts`): one transposed layer through the same wide weight, its rows scaled by alpha and
+    -beta ([W+; W-] for x >= 0; for signed x, [[W+, W-], [W-, W+]] gives [for x+; for x-], masked by sign)."""
+    w = layer.weight
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    pair = layer.channel_dim % wide_coef.ndim
+    if layer.x_nonneg():
+        return [Term(torch.cat([wp * alpha, wn * -beta]), wide_coef, pair_dim=pair)]
+    wide = torch.cat([torch.cat([wp, wn], 1) * alpha, torch.cat([wn, wp], 1) * -beta])
+    return [Term(wide, wide_coef, layer.x_signs, stacked_dim=layer.channel_dim, pair_dim=pair)]
 
 
 class Rule:
@@ -252,43 +291,58 @@ class Gamma(Rule):
 
 @dataclass
 class AlphaBeta(Rule):
-    """LRP-alpha-beta (Bach et al. 2015): R_i = sum_j (alpha z_ij+ / z_j+ - beta z_ij- / z_j-) R_j.
+    """LRP-alpha-beta (Bach et al. 2015): R_i = sum_j (alpha z_ij+ / (z_j+ + eps) - beta z_ij- / (z_j- - eps)) R_j.
 
-    Conservative when alpha - beta = 1. ``bias=True`` counts b+ / b- in z_j+ / z_j- (they absorb relevance).
+    Conservative when alpha - beta = 1 (up to the stabilizer ``epsilon``, as in Zennit; 0: exact, relevance
+    dropped where z_j+ or z_j- is 0). ``bias=True`` counts b+ / b- in z_j+ / z_j- (they absorb relevance).
     The layer's output in this pass is z+ + z- (its value up to rounding), which saves one evaluation.
     """
 
     alpha: float = 2.0
     beta: float = 1.0
     bias: bool = True
+    epsilon: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.alpha < 0 or self.beta < 0 or self.epsilon < 0:
+            raise ValueError(f"alpha, beta and epsilon must be >= 0, got alpha={self.alpha}, beta={self.beta}, "
+                             f"epsilon={self.epsilon}")
 
     def terms(self, layer: Layer) -> list[Term]:
-        zp, zn = signed_parts(layer, self.bias)  # exact values: either may be ~0, where rounding would matter
+        # exact values (either may be ~0, where rounding would matter), stabilized away from 0 by epsilon
+        zp, zn, wide = signed_parts(layer, self.bias, self.epsilon)
         # the output from its parts (equal up to rounding): one layer evaluation fewer
         layer.z = zp + zn if self.bias or layer.bias is None else zp + zn + layer.bias_view(layer.bias)
-        cp = stabilized_reciprocal(zp, inplace=True)
-        cn = stabilized_reciprocal(zn, inplace=True) if self.beta else None
+        fast = finite_stabilizer(self.epsilon, zp.dtype)  # |z+-| >= epsilon: 1 / z+- needs no guard
+        if wide is not None and self.beta:
+            wide.reciprocal_() if fast else stabilized_reciprocal(wide, inplace=True)
+            return wide_terms(layer, wide, self.alpha, self.beta)
+        cp = zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True)
+        cn = None
+        if self.beta:
+            cn = zn.reciprocal_() if fast else stabilized_reciprocal(zn, inplace=True)
         return positive_terms(layer, cp, cn, self.alpha, self.beta)
 
 
 @dataclass
 class ZPlus(Rule):
-    """z+-rule of deep Taylor decomposition (Montavon et al. 2017): R_i = sum_j z_ij+ / sum_i' z_i'j+ R_j,
-    biases ignored; equal to alpha1-beta0 without biases."""
+    """z+-rule of deep Taylor decomposition (Montavon et al. 2017): R_i = sum_j z_ij+ / (sum_i' z_i'j+ + eps) R_j,
+    biases ignored; equal to alpha1-beta0 without biases (``epsilon``: the stabilizer, as in Zennit)."""
+
+    epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
         w, x = layer.weight, layer.x
+        eps = _shifted(None, self.epsilon, w)
         if layer.x_nonneg():
-            zp = layer.forward(x, w.clamp(min=0))
+            zp = layer.forward(x, w.clamp(min=0), eps)
         elif layer.dense():  # one call: [x+, x-] through [W+, W-]
-            zp = layer.forward(layer.stacked_x(), torch.cat([w.clamp(min=0), w.clamp(max=0)], 1))
+            zp = layer.forward(layer.stacked_x(), torch.cat([w.clamp(min=0), w.clamp(max=0)], 1), eps)
         else:
-            zp = layer.forward(x.clamp(min=0), w.clamp(min=0)).add_(layer.forward(x.clamp(max=0), w.clamp(max=0)))
-        return positive_terms(layer, stabilized_reciprocal(zp, inplace=True))
+            zp = layer.forward(x.clamp(min=0), w.clamp(min=0), eps).add_(
+                layer.forward(x.clamp(max=0), w.clamp(max=0)))
+        fast = finite_stabilizer(self.epsilon, zp.dtype)
+        return positive_terms(layer, zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True))
 
 
 @dataclass
