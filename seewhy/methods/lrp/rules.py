@@ -162,29 +162,41 @@ def _shifted(b: Tensor | None, shift: float, like: Tensor) -> Tensor | None:
     return like.new_full(like.shape[:1], shift) if b is None else b + shift
 
 
-def signed_parts(layer: Layer, bias: bool, epsilon: float = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Exact (z+ + eps, z- - eps, wide): the sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b-
-    with ``bias``), stabilized through the bias of the call that computes them (no pass over the outputs of its
-    own). Dense layers take one wide call whose output ``wide`` is [z+; z-] on the channel dimension (z+ and
-    z- are views of it); else ``wide`` is None."""
+@dataclass
+class SignedParts:
+    """Exact z+ + eps and z- - eps (see :func:`signed_parts`); for a dense layer also the wide call that gave
+    them: its output ``wide`` = [z+; z-] on the channel dimension (z+, z- are views of it) and its weight."""
+
+    zp: Tensor
+    zn: Tensor
+    wide: Tensor | None = None
+    wide_weight: Tensor | None = None
+
+
+def signed_parts(layer: Layer, bias: bool, epsilon: float = 0.0) -> SignedParts:
+    """The sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b- with ``bias``), stabilized
+    through the bias of the call that computes them (no pass over the outputs of its own). A dense layer takes
+    one wide call: x through [W+; W-] for x >= 0, else [x+, x-] through [[W+, W-], [W-, W+]]."""
     w, x = layer.weight, layer.x
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
     bp, bn = _shifted(bp, epsilon, w), _shifted(bn, -epsilon, w)
     if layer.dense():
         both = None if bp is None or bn is None else torch.cat([bp, bn])
-        if layer.x_nonneg():  # x through [W+; W-]
-            wide = layer.forward(x, torch.cat([wp, wn]), both)
-        else:  # [x+, x-] through [[W+, W-], [W-, W+]] (bigger, more efficient matrix products)
-            wide = layer.forward(layer.stacked_x(), torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)]), both)
+        if layer.x_nonneg():
+            weight, inputs = torch.cat([wp, wn]), x
+        else:  # (bigger, more efficient matrix products than four calls)
+            top = torch.cat([wp, wn], 1)
+            weight, inputs = torch.cat([top, top.roll(w.shape[1], 1)]), layer.stacked_x()
+        wide = layer.forward(inputs, weight, both)
         zp, zn = wide.split(w.shape[0], layer.channel_dim)
-        return zp, zn, wide
+        return SignedParts(zp, zn, wide, weight)
     if layer.x_nonneg():
-        return layer.forward(x, wp, bp), layer.forward(x, wn, bn), None
+        return SignedParts(layer.forward(x, wp, bp), layer.forward(x, wn, bn))
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
     zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
-    return zp, zn, None
+    return SignedParts(zp, zn)
 
 
 def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
@@ -213,17 +225,18 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
     return [Term(t.weight, t.coef, layer.x_positive) for t in terms] + swapped
 
 
-def wide_terms(layer: Layer, wide_coef: Tensor, alpha: float, beta: float) -> list[Term]:
+def wide_terms(layer: Layer, parts: SignedParts, wide_coef: Tensor, alpha: float, beta: float) -> list[Term]:
     """``positive_terms`` for a dense layer whose coefficients are one wide tensor [c+; c-] (from the wide call
     of :func:`signed_parts`): one transposed layer through the same wide weight, its rows scaled by alpha and
     -beta ([W+; W-] for x >= 0; for signed x, [[W+, W-], [W-, W+]] gives [for x+; for x-], masked by sign)."""
-    w = layer.weight
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    weight = parts.wide_weight
+    assert weight is not None
+    n = layer.weight.shape[0]
+    scale = weight.new_tensor([alpha, -beta]).repeat_interleave(n).view(-1, *([1] * (weight.ndim - 1)))
     pair = layer.channel_dim % wide_coef.ndim
     if layer.x_nonneg():
-        return [Term(torch.cat([wp * alpha, wn * -beta]), wide_coef, pair_dim=pair)]
-    wide = torch.cat([torch.cat([wp, wn], 1) * alpha, torch.cat([wn, wp], 1) * -beta])
-    return [Term(wide, wide_coef, layer.x_signs, stacked_dim=layer.channel_dim, pair_dim=pair)]
+        return [Term(weight.mul_(scale), wide_coef, pair_dim=pair)]
+    return [Term(weight.mul_(scale), wide_coef, layer.x_signs, stacked_dim=layer.channel_dim, pair_dim=pair)]
 
 
 class Rule:
@@ -310,13 +323,14 @@ class AlphaBeta(Rule):
 
     def terms(self, layer: Layer) -> list[Term]:
         # exact values (either may be ~0, where rounding would matter), stabilized away from 0 by epsilon
-        zp, zn, wide = signed_parts(layer, self.bias, self.epsilon)
+        parts = signed_parts(layer, self.bias, self.epsilon)
+        zp, zn, wide = parts.zp, parts.zn, parts.wide
         # the output from its parts (equal up to rounding): one layer evaluation fewer
         layer.z = zp + zn if self.bias or layer.bias is None else zp + zn + layer.bias_view(layer.bias)
         fast = finite_stabilizer(self.epsilon, zp.dtype)  # |z+-| >= epsilon: 1 / z+- needs no guard
         if wide is not None and self.beta:
             wide.reciprocal_() if fast else stabilized_reciprocal(wide, inplace=True)
-            return wide_terms(layer, wide, self.alpha, self.beta)
+            return wide_terms(layer, parts, wide, self.alpha, self.beta)
         cp = zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True)
         cn = None
         if self.beta:
