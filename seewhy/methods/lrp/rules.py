@@ -225,12 +225,13 @@ def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = 
     return [Term(t.weight, t.coef, layer.x_positive) for t in terms] + swapped
 
 
-def wide_terms(layer: Layer, parts: SignedParts, wide_coef: Tensor, alpha: float, beta: float) -> list[Term]:
-    """``positive_terms`` for a dense layer whose coefficients are one wide tensor [c+; c-] (from the wide call
-    of :func:`signed_parts`): one transposed layer through the same wide weight, its rows scaled by alpha and
-    -beta ([W+; W-] for x >= 0; for signed x, [[W+, W-], [W-, W+]] gives [for x+; for x-], masked by sign)."""
-    weight = parts.wide_weight
-    assert weight is not None
+def wide_terms(layer: Layer, parts: SignedParts, alpha: float, beta: float) -> list[Term]:
+    """``positive_terms`` for a dense layer whose coefficients [c+; c-] are ``parts.wide`` (the output of the wide
+    call of :func:`signed_parts`, turned into coefficients in place): one transposed layer through the same wide
+    weight, its rows scaled by alpha and -beta ([W+; W-] for x >= 0; for signed x, [[W+, W-], [W-, W+]] gives
+    [for x+; for x-], masked by sign)."""
+    weight, wide_coef = parts.wide_weight, parts.wide
+    assert weight is not None and wide_coef is not None
     n = layer.weight.shape[0]
     scale = weight.new_tensor([alpha, -beta]).repeat_interleave(n).view(-1, *([1] * (weight.ndim - 1)))
     pair = layer.channel_dim % wide_coef.ndim
@@ -330,7 +331,7 @@ class AlphaBeta(Rule):
         fast = finite_stabilizer(self.epsilon, zp.dtype)  # |z+-| >= epsilon: 1 / z+- needs no guard
         if wide is not None and self.beta:
             wide.reciprocal_() if fast else stabilized_reciprocal(wide, inplace=True)
-            return wide_terms(layer, parts, wide, self.alpha, self.beta)
+            return wide_terms(layer, parts, self.alpha, self.beta)
         cp = zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True)
         cn = None
         if self.beta:
