@@ -61,24 +61,24 @@ class _Node:
     def backward(self, r: Tensor) -> Tensor:
         # R * coef once per coefficient: a coefficient computed now is a temporary and takes the product in
         # place; so does r (the caller's temporary) for the last stored coefficient
+        # (a wide coefficient [c1; c2] is used by one term only: it takes R * [c1; c2] in place)
         products: dict[int, Tensor] = {}
         for term in self.terms:
-            if term.pair_dim is not None:  # R * [c1; c2], in place in the stored wide coefficient (used once)
-                d = term.pair_dim
-                c = term.coef() if callable(term.coef) else term.coef
-                products[id(term)] = c.unflatten(d, (2, -1)).mul_(r.unsqueeze(d)).flatten(d, d + 1)
+            if term.pair_dim is not None:
+                d, c = term.pair_dim, term.coef
+                assert isinstance(c, Tensor)
+                products[_key(term)] = c.unflatten(d, (2, -1)).mul_(r.unsqueeze(d)).flatten(d, d + 1)
             elif callable(term.coef):
                 c = term.coef()
-                products[id(term)] = c.mul_(r) if c.shape == torch.broadcast_shapes(r.shape, c.shape) else r * c
-        stored = list({id(t.coef): t.coef for t in self.terms
-                       if not callable(t.coef) and t.pair_dim is None}.values())
-        for k, c in enumerate(stored):
+                products[_key(term)] = c.mul_(r) if c.shape == torch.broadcast_shapes(r.shape, c.shape) else r * c
+        stored = list({_key(t): t.coef for t in self.terms if _key(t) not in products}.items())
+        for k, (key, c) in enumerate(stored):
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
-            products[id(c)] = r.mul_(c) if in_place else r * c
+            products[key] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
         stacked: Tensor | None = None  # stacked terms (they share mult and dim): summed, masked and folded once
         for term in self.terms:
-            a = products[id(term)] if callable(term.coef) or term.pair_dim is not None else products[id(term.coef)]
+            a = products[_key(term)]
             if term.weight is None or self.transpose is None:
                 g = a if len(self.terms) == 1 else a.clone()
             else:
@@ -94,6 +94,12 @@ class _Node:
             out = _add(out, stacked.narrow(dim, 0, half) + stacked.narrow(dim, half, half))
         assert out is not None
         return out
+
+
+def _key(term: Term) -> int:
+    """Which product R * coef a term uses: its own (computed or wide coefficient) or its stored coefficient's,
+    shared with the other terms that have the same one."""
+    return id(term) if callable(term.coef) or term.pair_dim is not None else id(term.coef)
 
 
 def _times(g: Tensor, mult: Tensor | Callable[[], Tensor] | None) -> Tensor:

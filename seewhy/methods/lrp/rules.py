@@ -191,12 +191,18 @@ def signed_parts(layer: Layer, bias: bool, epsilon: float = 0.0) -> SignedParts:
         wide = layer.forward(inputs, weight, both)
         zp, zn = wide.split(w.shape[0], layer.channel_dim)
         return SignedParts(zp, zn, wide, weight)
+    return SignedParts(_through(layer, wp, wn, bp), _through(layer, wn, wp, bn))
+
+
+def _through(layer: Layer, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> Tensor:
+    """``w_pos x+ + w_neg x- + bias``: x through ``w_pos`` for x >= 0; for signed x one call through the stacked
+    input [x+, x-] on a dense layer, else two calls."""
+    x = layer.x
     if layer.x_nonneg():
-        return SignedParts(layer.forward(x, wp, bp), layer.forward(x, wn, bn))
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    zp = layer.forward(xp, wp, bp).add_(layer.forward(xn, wn, None))
-    zn = layer.forward(xp, wn, bn).add_(layer.forward(xn, wp, None))
-    return SignedParts(zp, zn)
+        return layer.forward(x, w_pos, bias)
+    if layer.dense():
+        return layer.forward(layer.stacked_x(), torch.cat([w_pos, w_neg], 1), bias)
+    return layer.forward(x.clamp(min=0), w_pos, bias).add_(layer.forward(x.clamp(max=0), w_neg, None))
 
 
 def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
@@ -347,15 +353,8 @@ class ZPlus(Rule):
     epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
-        w, x = layer.weight, layer.x
-        eps = _shifted(None, self.epsilon, w)
-        if layer.x_nonneg():
-            zp = layer.forward(x, w.clamp(min=0), eps)
-        elif layer.dense():  # one call: [x+, x-] through [W+, W-]
-            zp = layer.forward(layer.stacked_x(), torch.cat([w.clamp(min=0), w.clamp(max=0)], 1), eps)
-        else:
-            zp = layer.forward(x.clamp(min=0), w.clamp(min=0), eps).add_(
-                layer.forward(x.clamp(max=0), w.clamp(max=0)))
+        w = layer.weight
+        zp = _through(layer, w.clamp(min=0), w.clamp(max=0), _shifted(None, self.epsilon, w))
         fast = finite_stabilizer(self.epsilon, zp.dtype)
         return positive_terms(layer, zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True))
 
