@@ -1,6 +1,6 @@
 """Milliseconds per image for every LRP preset on efficientnet_lite0 at 224 px, next to one forward+backward.
 
-Run:  python benchmarks/bench_lrp.py [--batch 4] [--repeat 10] [--threads 2]
+Run:  python benchmarks/bench_lrp.py [--batch 4] [--repeat 3] [--threads 2]   (the README figures: --repeat 10)
 
 Each preset runs twice: with the model's default canonizers ("auto": BatchNorms kept, pass rule) and with
 every BatchNorm merged (``canonizers=[MergeBatchNorm()]``). The target is the issue's budget of 1.4x one
