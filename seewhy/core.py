@@ -16,6 +16,8 @@ from .hooks import model_state
 from .targets import Target, TargetSpec, make_target
 
 METHODS: dict[str, type[Method]] = {}
+#: method families in the order listings and reports show them
+FAMILIES = ("gradient", "cam", "lrp", "perturbation", "surrogate", "prototype", "control", "other")
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -91,18 +93,71 @@ class Call:
         return self.target
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What one call of a method costs per image, in model evaluations (printed before a run, with seconds).
+
+    ``forwards``: inference passes; ``backwards``: forward+backward passes; ``per_channel``: more forwards per
+    channel K of the method's layer (Score-CAM, Ablation-CAM), ``tail`` when they run only the model's part after
+    the layer (then ``tail_fraction``, when measured, is the cost of one such evaluation relative to a forward);
+    ``lower``: the hyperparameter that lowers the cost, for the hint ``--set method.<lower>=...``.
+    """
+
+    forwards: float = 0.0
+    backwards: float = 0.0
+    per_channel: float = 0.0
+    tail: bool = False
+    tail_fraction: float | None = None
+    lower: str | None = None
+
+    def evaluations(self, channels: int | None = None) -> float | None:
+        """Model evaluations per image (None when it depends on an unknown channel count)."""
+        if self.per_channel and channels is None:
+            return None
+        return self.forwards + self.backwards + self.per_channel * (channels or 0)
+
+    def describe(self, channels: int | None = None) -> str:
+        """E.g. ``"50 forward+backward"``, ``"1000 forward"``, ``"K + 1 forward (K: channels at the layer)"``."""
+        parts = []
+        if self.backwards:
+            parts.append(f"{_count(self.backwards)} forward+backward")
+        fwd = self.forwards
+        if self.per_channel and channels is not None:
+            fwd += self.per_channel * channels
+        if self.per_channel and channels is None:
+            k = "K" if self.per_channel == 1 else f"{_count(self.per_channel)} K"
+            what = "tail forward" if self.tail else "forward"
+            parts.append(f"{k}{f' + {_count(fwd)}' if fwd else ''} {what} (K: channels at the layer)")
+        elif fwd or not parts:
+            parts.append(f"{_count(fwd)} {'tail ' if self.tail and self.per_channel else ''}forward")
+        return " + ".join(parts)
+
+    def seconds(self, forward: float, forward_backward: float, channels: int | None = None) -> float | None:
+        """Estimated seconds per image from the measured seconds of one ``forward`` and one ``forward_backward``."""
+        if self.per_channel and channels is None:
+            return None
+        per = forward * (self.tail_fraction if self.tail and self.tail_fraction is not None else 1.0)
+        return self.forwards * forward + self.backwards * forward_backward + self.per_channel * (channels or 0) * per
+
+
+def _count(v: float) -> str:
+    return f"{v:g}"
+
+
 @dataclass
 class Method:
     """Base class: a dataclass of hyperparameters, called as ``method(model, inputs, target) -> Tensor``.
 
     Subclasses implement :meth:`attribute` and are registered with :func:`register`. ``kind`` is
     ``"pixel"`` (attributions (B,C,H,W) in input space) or ``"map"`` ((B,1,h,w) at layer resolution).
-    ``in_all`` is False for methods that "all" leaves out and that run only when named: controls that
-    ignore the model, and methods made for one kind of model.
+    ``family`` groups methods in listings and reports ("gradient", "cam", "perturbation", "surrogate", "lrp",
+    "prototype", "control"). ``in_all`` is False for methods that "all" leaves out and that run only when named:
+    controls that ignore the model, and methods made for one kind of model.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pixel"
+    family: ClassVar[str] = "other"
     in_all: ClassVar[bool] = True
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "percentile"}
 
@@ -112,6 +167,13 @@ class Method:
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         raise NotImplementedError
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """Model evaluations per image of one call with these hyperparameters (default: one forward+backward).
+
+        Without a model the answer comes from the hyperparameters alone (for listings); given ``model`` and one
+        image ``inputs`` (1,C,H,W), a method may refine it (e.g. time the part of the model it re-runs)."""
+        return Cost(backwards=1)
 
     def run(
         self, model: nn.Module, inputs: Tensor, target: TargetSpec = None, *, class_names: Sequence[str] | None = None

@@ -124,6 +124,7 @@ class CAMMethod(Method):
     """
 
     kind: ClassVar[str] = "map"
+    family: ClassVar[str] = "cam"
     heatmap_convention: ClassVar[dict[str, Any]] = {
         "reduce": "none",
         "sign": "positive",

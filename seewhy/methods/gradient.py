@@ -56,6 +56,7 @@ class GradientMethod(Method):
     """A method built from input gradients; subclasses define :meth:`rows`."""
 
     kind: ClassVar[str] = "pixel"
+    family: ClassVar[str] = "gradient"
 
     def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         """Attributions for a batch of rows ``x`` scored by ``target`` (already resolved for these rows)."""

@@ -31,6 +31,8 @@ Result = tuple[Tensor, dict[str, Any]]  # attributions for one target and that t
 class PerturbationMethod(Method):
     """Base of the black-box methods. Subclasses implement :meth:`explain`, which handles a list of targets."""
 
+    family: ClassVar[str] = "perturbation"
+
     def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
         """(attributions, extras) for each resolved target; shared extras go to ``call.extras``."""
         raise NotImplementedError

@@ -31,6 +31,7 @@ class ProtoPNetSimilarity(Method):
     """
 
     kind: ClassVar[str] = "prototype"
+    family: ClassVar[str] = "prototype"
     in_all: ClassVar[bool] = False  # ProtoPNet models only: run by name
     heatmap_convention: ClassVar[dict[str, Any]] = {
         "reduce": "max_abs",

@@ -133,6 +133,8 @@ def shapley_samples(f: int, n: int, gen: torch.Generator) -> tuple[Tensor, Tenso
 class SurrogateMethod(PerturbationMethod):
     """The surrogate engine shared by LIME and KernelSHAP; a preset defines :meth:`draw` and :meth:`fit`."""
 
+    family: ClassVar[str] = "surrogate"
+
     n_samples: int = 1000
     segments: str | Tensor = "slic"
     n_segments: int = 50

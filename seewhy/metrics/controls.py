@@ -47,6 +47,7 @@ class RandomAttribution(Method):
 
     kind: ClassVar[str] = "map"
     in_all: ClassVar[bool] = False  # a control: run by name
+    family: ClassVar[str] = "control"
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "minmax"}
 
     distribution: str = "normal"
@@ -91,6 +92,7 @@ class EdgeDetector(Method):
 
     kind: ClassVar[str] = "map"
     in_all: ClassVar[bool] = False  # a control: run by name
+    family: ClassVar[str] = "control"
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "minmax"}
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:

@@ -548,6 +548,7 @@ class LRP(GradientMethod):
     ledger: bool = True
 
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "all", "normalize": "percentile"}
+    family: ClassVar[str] = "lrp"
 
     def propagate(self, model: nn.Module, x: Tensor, target: Target, call: Call | None = None,
                   ledger: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
