@@ -9,7 +9,7 @@ training patches, :func:`explain_local` / :func:`explain_global` give "this look
 
 from __future__ import annotations
 
-from .data import Augment, FolderImages, ImageSet, TensorImages, scan_folder, stratified_split
+from .data import Augment, FolderImages, ImageSet, TensorImages, median_short_side, scan_folder, stratified_split
 from .explain import (
     Evidence,
     LocalExplanation,
@@ -28,12 +28,13 @@ from .model import (
     Preprocessing,
     ProtoPNet,
     SmallCNNTrunk,
+    auto_backbone,
     build_backbone,
     log_similarity,
     trunk,
 )
 from .push import PushResult, push_prototypes
-from .report import LocalRow, write_protopnet_report
+from .report import CONSTANT_PATCH_STD, LocalRow, write_protopnet_report
 from .train import (
     Run,
     Stage,
@@ -50,6 +51,7 @@ from .train import (
 __all__ = [
     "Augment",
     "BACKBONES",
+    "CONSTANT_PATCH_STD",
     "Evidence",
     "FeaturesTrunk",
     "FolderImages",
@@ -68,6 +70,7 @@ __all__ = [
     "TensorImages",
     "TrainConfig",
     "TrainResult",
+    "auto_backbone",
     "build_backbone",
     "evaluate",
     "explain_global",
@@ -75,6 +78,7 @@ __all__ = [
     "high_activation_box",
     "load_run",
     "log_similarity",
+    "median_short_side",
     "nearest_patches",
     "protopnet_loss",
     "push_prototypes",

@@ -12,7 +12,18 @@
                                 [--overwrite] [--device cpu]
 
 ``train`` prints the run directory, ``explain`` and ``prototypes`` the report's ``index.html``, on stdout;
-diagnostics go to stderr. Exit codes as for ``seewhy``: 0 success, 1 nothing to report, 2 bad input.
+diagnostics go to stderr. ``train`` without ``--backbone`` chooses it from the images (small_cnn at 32 px when
+their median shorter side is at most 64 px, else efficientnet_lite0 at 224 px) and logs the backbone, input
+size, parameter count and an estimate of the time before the first epoch.
+
+Exit codes (the same scheme as ``seewhy``):
+
+- 0 (``EXIT_OK``): success.
+- 1 (``EXIT_NOTHING``): nothing to report: no input could be used (no report is written).
+- 2 (``EXIT_USAGE``): usage error or bad input (unknown option value, missing run or data, non-empty output
+  folder without ``--overwrite``...).
+- 3 (``EXIT_PARTIAL``): the report was written, but some inputs failed (e.g. ``explain`` with unreadable
+  images: the report lists them under Failures).
 """
 
 from __future__ import annotations
@@ -32,15 +43,17 @@ from ..report import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["EXIT_NOTHING", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "add_parser", "main", "run"]
 
 EXPLAIN_BATCH = 32  # images per forward in ``seewhy protopnet explain``
+# Exit codes: the values of seewhy.cli's (defined here too: seewhy.cli imports this module while building its parser)
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``protopnet {train,explain,prototypes}`` to ``subparsers`` (from ``parser.add_subparsers()``);
     ``common`` is a parent parser for shared options (``-v``/``-q``). Sets ``func=run``."""
-    from .model import BACKBONES
+    from .model import AUTO, BACKBONES, SMALL_IMAGE_SIDE
 
     parents = [common] if common is not None else []
     top = subparsers.add_parser(
@@ -50,65 +63,92 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     sub = top.add_subparsers(dest="protopnet_command", metavar="COMMAND", required=True)
 
     device = argparse.ArgumentParser(add_help=False)
-    device.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    device.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: %(default)s)")
 
     p = sub.add_parser("train", parents=[*parents, device], help="train a ProtoPNet on an image folder",
                        description="Train a ProtoPNet on DATA_DIR (one sub-folder of images per class). A "
-                                   "validation split chooses the best checkpoint; the run can be resumed.")
+                                   "validation split chooses the best checkpoint; the run can be resumed. The "
+                                   "backbone, input size, parameter count and an estimate of the time are logged "
+                                   "first, then one line per stage.")
     p.add_argument("data_dir", metavar="DATA_DIR", help="image folder: one sub-folder per class")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for checkpoints and configs")
-    p.add_argument("--backbone", default="efficientnet_lite0", metavar="NAME",
-                   help=f"trunk: {', '.join([*BACKBONES, *zoo.MODELS])} or a model spec 'file.py:factory' "
-                        "(default: efficientnet_lite0, pretrained; small_cnn for small images)")
-    p.add_argument("--trunk-layer", metavar="LAYER", help="cut the backbone after this layer (a name from "
-                   "model.named_modules()); default: its forward_features or CAM layer")
-    p.add_argument("--no-pretrained", action="store_true", help="random initial backbone weights")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory for checkpoints and configs (required; no default)")
+    p.add_argument("--backbone", default=AUTO, metavar="NAME",
+                   help=f"trunk: auto, {', '.join([*BACKBONES, *zoo.MODELS])} or a model spec 'file.py:factory'. "
+                        f"auto chooses from the images: small_cnn at 32 px when their median shorter side is <= "
+                        f"{SMALL_IMAGE_SIDE} px, else efficientnet_lite0 (pretrained) at 224 px (default: %(default)s)")
+    p.add_argument("--trunk-layer", metavar="LAYER",
+                   help="cut the backbone after this layer (a name from model.named_modules()); needs --backbone "
+                        "(default: the backbone's forward_features or CAM layer)")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="random initial backbone weights (default: off, pretrained weights when the backbone has them)")
     p.add_argument("--image-size", type=positive_int, metavar="S",
-                   help="input size S x S (default: the backbone's, 224 or 32 for small_cnn)")
-    p.add_argument("--prototypes-per-class", type=positive_int, default=10, metavar="N")
-    p.add_argument("--prototype-dim", type=positive_int, default=128, metavar="D")
+                   help="input size S x S (default: the backbone's: 32 for small_cnn, 224 for efficientnet_lite0)")
+    p.add_argument("--prototypes-per-class", type=positive_int, default=10, metavar="N",
+                   help="prototypes of each class (default: %(default)s)")
+    p.add_argument("--prototype-dim", type=positive_int, default=128, metavar="D",
+                   help="channels of the add-on layers and of each prototype (default: %(default)s)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
-                   help="fraction of each class held out for validation (default: 0.1)")
+                   help="fraction of each class held out for validation (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=30, metavar="N",
-                   help="warm-up + joint epochs (default: 30)")
-    p.add_argument("--warm-epochs", type=count, default=5, metavar="N")
-    p.add_argument("--push-start", type=count, default=10, metavar="N")
-    p.add_argument("--push-every", type=positive_int, default=10, metavar="N")
-    p.add_argument("--last-layer-epochs", type=count, default=20, metavar="N")
-    p.add_argument("--batch-size", type=positive_int, default=80, metavar="N")
-    p.add_argument("--lr-features", type=float, default=1e-4, metavar="LR")
-    p.add_argument("--lr-add-on", type=float, default=3e-3, metavar="LR")
-    p.add_argument("--lr-prototypes", type=float, default=3e-3, metavar="LR")
-    p.add_argument("--lr-last-layer", type=float, default=1e-4, metavar="LR")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+                   help="warm-up + joint epochs (default: %(default)s)")
+    p.add_argument("--warm-epochs", type=count, default=5, metavar="N",
+                   help="first epochs training only the add-on layers and prototypes (default: %(default)s)")
+    p.add_argument("--push-start", type=count, default=10, metavar="N",
+                   help="first epoch followed by a push and last-layer epochs (default: %(default)s)")
+    p.add_argument("--push-every", type=positive_int, default=10, metavar="N",
+                   help="epochs between pushes; the last epoch is always pushed (default: %(default)s)")
+    p.add_argument("--last-layer-epochs", type=count, default=20, metavar="N",
+                   help="last-layer epochs after each push (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=80, metavar="N",
+                   help="training images per step (default: %(default)s)")
+    p.add_argument("--lr-features", type=float, default=1e-4, metavar="LR",
+                   help="learning rate of the backbone in joint epochs (default: %(default)s)")
+    p.add_argument("--lr-add-on", type=float, default=3e-3, metavar="LR",
+                   help="learning rate of the add-on layers in joint epochs (default: %(default)s)")
+    p.add_argument("--lr-prototypes", type=float, default=3e-3, metavar="LR",
+                   help="learning rate of the prototypes in joint epochs (default: %(default)s)")
+    p.add_argument("--lr-last-layer", type=float, default=1e-4, metavar="LR",
+                   help="learning rate of the last layer after a push (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the split, initialisation, shuffling and augmentation (default: %(default)s)")
     aug = p.add_mutually_exclusive_group()
-    aug.add_argument("--no-augment", action="store_true", help="no augmentation")
-    aug.add_argument("--no-flip", action="store_true", help="no left-right flips (digits, text)")
+    aug.add_argument("--no-augment", action="store_true",
+                     help="no augmentation (default: off: random flips, rotations up to 15 deg, shears up to 10 deg)")
+    aug.add_argument("--no-flip", action="store_true",
+                     help="no left-right flips, for digits and text (default: off, flips on)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR with its saved settings")
-    again.add_argument("--overwrite", action="store_true", help="start over in a non-empty RUN_DIR")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN_DIR with its saved settings and backbone (default: off)")
+    again.add_argument("--overwrite", action="store_true", help="start over in a non-empty RUN_DIR (default: off)")
 
     def report_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `seewhy protopnet train`")
-        q.add_argument("--out", required=True, metavar="DIR", help="output folder for the report")
+        q.add_argument("--out", required=True, metavar="DIR", help="output folder for the report (required)")
         q.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                       help="best (validation, default) or last")
+                       help="best (on validation) or last (default: %(default)s)")
         q.add_argument("--data", metavar="DATA_DIR",
-                       help="the training image folder, if it moved since training")
-        q.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+                       help="the training image folder, if it moved since training (default: the folder recorded "
+                            "in the run)")
+        q.add_argument("--overwrite", action="store_true",
+                       help="write into a non-empty output folder (default: off)")
 
     q = sub.add_parser("explain", parents=[*parents, device], help="explain images with a trained ProtoPNet",
-                       description="Explain images: the prototypes that gave each class its points.")
+                       description="Explain images: the prototypes that gave each class its points. Exit code 3 "
+                                   "when the report was written but some images could not be used.")
     report_options(q)
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     q.add_argument("--target", default="top1", metavar="top1|N|NAME",
-                   help="the class to explain: predicted (top1, default), an index or a class name")
-    q.add_argument("--top-k", type=positive_int, default=10, metavar="K", help="prototypes shown per image")
+                   help="the class to explain: the predicted one (top1), an index or a class name "
+                        "(default: %(default)s)")
+    q.add_argument("--top-k", type=positive_int, default=10, metavar="K",
+                   help="prototypes shown per image (default: %(default)s)")
 
     q = sub.add_parser("prototypes", parents=[*parents, device], help="every prototype and its nearest patches",
                        description="The global explanation: each prototype, its source and nearest training patches.")
     report_options(q)
-    q.add_argument("--k", type=positive_int, default=5, metavar="K", help="nearest training patches (default: 5)")
+    q.add_argument("--k", type=positive_int, default=5, metavar="K",
+                   help="nearest training patches (default: %(default)s)")
 
     top.set_defaults(func=run)
     return top
@@ -118,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed ``seewhy protopnet ...`` command; returns the exit code."""
     command = args.protopnet_command
     return {"train": _train, "explain": _explain, "prototypes": _prototypes}[command](args)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """``-q``: no progress bars either (bars show only on a terminal anyway)."""
+    return bool(getattr(args, "quiet", False))
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -140,14 +185,14 @@ def _train(args: argparse.Namespace) -> int:
         args.data_dir, args.out, backbone=args.backbone, pretrained=not args.no_pretrained,
         trunk_layer=args.trunk_layer, image_size=args.image_size, prototypes_per_class=args.prototypes_per_class,
         prototype_dim=args.prototype_dim, val_fraction=args.val_fraction, config=config, resume=args.resume,
-        overwrite=args.overwrite, device=device,
+        overwrite=args.overwrite, device=device, progress=not _quiet(args),
     )
     if result.best is not None:
         b = result.best
         log.info("best pushed model: validation accuracy %.4f (epoch %d, %s) in %.1f s; saved as best.pt",
                  b["val_accuracy"], b["epoch"], b["phase"], result.seconds)
     print(args.out)  # noqa: T201
-    return 0
+    return EXIT_OK
 
 
 def _pictures(run_: Any, data_dir: str | None) -> Any:
@@ -185,7 +230,7 @@ def _explain(args: argparse.Namespace) -> int:
         log.warning("skipping: %s", reason if path in reason else f"{path}: {reason}")
     if not loaded:
         log.error("none of the %d input(s) could be used; nothing to explain", len(args.images))
-        return 1
+        return EXIT_NOTHING
     s = run_.prep.image_size
     rows = []
     for start in range(0, len(loaded), EXPLAIN_BATCH):  # batched forwards
@@ -200,7 +245,11 @@ def _explain(args: argparse.Namespace) -> int:
         percentile=run_.percentile,
     )
     print(path)  # noqa: T201
-    return 0
+    if failures:
+        log.warning("%d of %d input(s) could not be used (listed in the report); exit code %d", len(failures),
+                    len(args.images), EXIT_PARTIAL)
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def _prototypes(args: argparse.Namespace) -> int:
@@ -214,14 +263,15 @@ def _prototypes(args: argparse.Namespace) -> int:
     data = run_.train_set(args.data)
     if not run_.model.pushed:
         log.warning("the prototypes of this checkpoint were never pushed: they are not training patches")
-    summaries = explain_global(run_.model, data, run_.prep, args.k, percentile=run_.percentile, progress=True)
+    summaries = explain_global(run_.model, data, run_.prep, args.k, percentile=run_.percentile,
+                               progress=not _quiet(args))
     path = write_protopnet_report(
         args.out, run_.model, prototypes=summaries, train_data=data, info=_info(run_),
         title="seewhy protopnet prototypes", command=_command(args), overwrite=args.overwrite,
         percentile=run_.percentile,
     )
     print(path)  # noqa: T201
-    return 0
+    return EXIT_OK
 
 
 # -- entry point ---------------------------------------------------------------------------------------

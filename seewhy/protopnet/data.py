@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from .. import images
@@ -27,6 +28,7 @@ __all__ = [
     "FolderImages",
     "ImageSet",
     "TensorImages",
+    "median_short_side",
     "scan_folder",
     "stratified_split",
 ]
@@ -131,6 +133,22 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str], list[int
         files += [p.relative_to(path).as_posix() for p in found]
         labels += [label] * len(found)
     return classes, files, labels
+
+
+def median_short_side(root: str | os.PathLike, files: Sequence[str], *, limit: int = 500) -> int | None:
+    """The median shorter side, in pixels, of the image files ``files`` (relative to ``root``), read from the
+    headers of at most ``limit`` of them (evenly spaced); None when no header can be read."""
+    if not files:
+        return None
+    step = max(1, -(-len(files) // max(1, int(limit))))
+    sides = []
+    for name in list(files)[::step]:
+        try:
+            with Image.open(Path(root) / name) as img:  # lazy: reads the header only
+                sides.append(min(img.size))
+        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable: FolderImages names it later
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 class FolderImages(ImageSet):

@@ -31,6 +31,7 @@ __all__ = [
     "Preprocessing",
     "ProtoPNet",
     "SmallCNNTrunk",
+    "auto_backbone",
     "build_backbone",
     "log_similarity",
     "trunk",
@@ -140,6 +141,25 @@ class Preprocessing:
 
 #: ProtoPNet's own backbone names; every zoo model name works too.
 BACKBONES = {"small_cnn": "conv-BN-ReLU x4 with 3 max-pools (32x32 -> 4x4, 128 channels), for small images"}
+
+
+#: The backbone name that means "choose from the images' sizes" (:func:`auto_backbone`).
+AUTO = "auto"
+#: Images whose (median) shorter side is at most this many pixels get ``small_cnn`` when no backbone is given.
+SMALL_IMAGE_SIDE = 64
+#: The backbone for larger images when none is given (pretrained, 224 px).
+LARGE_BACKBONE = "efficientnet_lite0"
+
+
+def auto_backbone(short_side: int | None, n_images: int | None = None) -> tuple[str, str]:
+    """The backbone for images whose median shorter side is ``short_side`` px: ``small_cnn`` (32 px input) up
+    to :data:`SMALL_IMAGE_SIDE`, else :data:`LARGE_BACKBONE` (224 px); returns ``(name, reason)``."""
+    of = f"the {n_images} images" if n_images is not None else "the images"
+    if short_side is None:
+        return LARGE_BACKBONE, f"the sizes of {of} could not be read"
+    if short_side <= SMALL_IMAGE_SIDE:
+        return "small_cnn", f"the median shorter side of {of} is {short_side} px (<= {SMALL_IMAGE_SIDE} px)"
+    return LARGE_BACKBONE, f"the median shorter side of {of} is {short_side} px (> {SMALL_IMAGE_SIDE} px)"
 
 
 def build_backbone(name: str, *, pretrained: bool = True, layer: str | None = None) -> tuple[nn.Module, Preprocessing]:

@@ -29,10 +29,12 @@ before it and a resumed run ends bit-identical to an uninterrupted one (on the C
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,9 +49,9 @@ from torch import Tensor, nn
 from .. import images as _images
 from ..hooks import model_state
 from ..report import _atomic, prepare_out_dir
-from .data import Augment, FolderImages, ImageSet, scan_folder, stratified_split
+from .data import Augment, FolderImages, ImageSet, median_short_side, scan_folder, stratified_split
 from .explain import batches, normalize
-from .model import Preprocessing, ProtoPNet, build_backbone
+from .model import AUTO, Preprocessing, ProtoPNet, auto_backbone, build_backbone
 from .push import push_prototypes
 
 __all__ = [
@@ -342,7 +344,10 @@ def train(
             saved entries not given here are kept.
         max_stages: stop after this many stages in this call (for tests; resume later).
 
-    The model's ``requires_grad`` flags and training mode are restored at the end.
+    Logs (logger ``seewhy``, INFO) the setup first (trunk, input size, classes, images, parameters) and the
+    estimated time per stage and for the schedule (from timing one batch: a forward and a backward, no step),
+    then one line per stage with its time, accuracies and the time left. The model's ``requires_grad`` flags
+    and training mode are restored at the end.
     """
     config = config or TrainConfig()
     if not isinstance(model, ProtoPNet):
@@ -395,11 +400,20 @@ def train(
             run_config = {**saved, **run_config}
         _write_json(run_config, out / "config.json")
 
+    end = len(stages) if max_stages is None else min(len(stages), start + max_stages)
+    name = (run_config.get("backbone") or {}).get("name") or type(model.features).__name__
+    log.info("training ProtoPNet (%s trunk): input %dx%d, %d classes, %d training / %d validation images, %d "
+             "prototypes (%d per class, dim %d); %s; %d stages (%d epochs)", name, prep.image_size, prep.image_size,
+             model.num_classes, len(train_data), len(val_data), model.num_prototypes, model.prototypes_per_class,
+             model.prototype_dim, _parameters(model), len(stages), config.epochs)
+    estimate = _estimate(model, train_data, val_data, prep, config, stages[start:end]) if end > start else {}
+    if start >= len(stages):
+        log.info("nothing left to train: the run has finished its %d stages", len(stages))
+    spent: dict[str, float] = {}  # measured seconds per phase, to refine the estimate of what is left
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     t0 = time.perf_counter()
     try:
-        end = len(stages) if max_stages is None else min(len(stages), start + max_stages)
         for s in range(start, end):
             stage = stages[s]
             g = _stage_generator(config.seed, s)
@@ -418,11 +432,15 @@ def train(
                     if stage.phase == "joint":
                         opt["scheduler"].step()
                 val = evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
+            seconds = time.perf_counter() - ts
             entry = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
-                     "train": metrics, "val": val, "seconds": time.perf_counter() - ts}
+                     "train": metrics, "val": val, "seconds": seconds}
             history.append(entry)
-            log.info("%s: train %s; val accuracy %.4f loss %.4f", desc,
-                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), val["accuracy"], val["loss"])
+            spent[stage.phase] = spent.get(stage.phase, 0.0) + seconds
+            left = _left(estimate, spent, stages[start:s + 1], stages[s + 1:end])
+            log.info("%s: %s; train %s; val accuracy %.4f loss %.4f%s", desc, _secs(seconds),
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), val["accuracy"], val["loss"],
+                     f"; about {_secs(left)} left" if s + 1 < end else "")
             if stage.phase in ("push", "last") and _better(val, best):
                 best = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
                         "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
@@ -441,6 +459,100 @@ def train(
         for m, flag in modes:
             m.training = flag
     return TrainResult(history=history, best=best, best_state=best_state, seconds=time.perf_counter() - t0)
+
+
+# -- what a run costs ---------------------------------------------------------------------------------------
+
+
+def _parameters(model: ProtoPNet) -> str:
+    """'N parameters, M trainable (trunk a, add-on b, prototypes c, last layer d)'."""
+    parts = {"trunk": list(model.features.parameters()), "add-on": list(model.add_on_layers.parameters()),
+             "prototypes": [model.prototype_vectors], "last layer": list(model.last_layer.parameters())}
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    detail = ", ".join(f"{k} {sum(p.numel() for p in v):,}" for k, v in parts.items())
+    return f"{total:,} parameters, {trainable:,} trainable ({detail})"
+
+
+def _secs(x: float) -> str:
+    """Seconds for a log line: '0.42 s', '12 s', '190 s (3.2 min)', '7200 s (2.0 h)'."""
+    if x < 10:
+        return f"{x:.2g} s" if x < 1 else f"{x:.1f} s"
+    if x < 120:
+        return f"{x:.0f} s"
+    return f"{x:.0f} s ({x / 60:.1f} min)" if x < 7200 else f"{x:.0f} s ({x / 3600:.1f} h)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _probe(model: ProtoPNet, data: ImageSet, prep: Preprocessing, n: int) -> tuple[dict[str, float], int]:
+    """Seconds per image of each kind of pass, timed on a copy of ``model`` (the model itself, its gradients and
+    the global RNG are left alone) with the first ``n`` training images, after one untimed forward (first calls
+    pay for allocations and kernel selection): ``forward`` in eval mode without gradients (push, last layer,
+    validation), ``warm`` and ``joint`` a forward + backward in the mode of those epochs. Returns them and the
+    number of images timed. A rough figure: a busy machine skews it; the stages' own times refine it."""
+    device = model.prototype_vectors.device
+    x = normalize(data.load(list(range(min(n, len(data))))).to(device), prep)
+    probe = copy.deepcopy(model)
+
+    def timed(phase: str) -> float:
+        probe.train(phase != "forward")
+        if phase == "warm":
+            probe.features.eval()
+        t = time.perf_counter()
+        if phase == "forward":
+            with torch.no_grad():
+                probe(x)
+        else:
+            _trainable(probe, phase)
+            logits, min_d = probe(x, return_distances=True)
+            (logits.sum() + min_d.sum()).backward()
+        _sync(device)
+        return (time.perf_counter() - t) / x.shape[0]
+
+    with torch.inference_mode(False), _seeded_global_rng(0, device):
+        timed("forward")
+        return {phase: timed(phase) for phase in ("forward", "warm", "joint")}, int(x.shape[0])
+
+
+def _estimate(model: ProtoPNet, train_data: ImageSet, val_data: ImageSet, prep: Preprocessing, config: TrainConfig,
+              todo: list[Stage]) -> dict[str, float]:
+    """Estimated seconds of one stage of each phase (with its validation pass), from timing one batch; logged with
+    the estimate for ``todo``, the stages this call runs."""
+    try:
+        per_image, n = _probe(model, train_data, prep, min(config.batch_size, 32))
+    except (copy.Error, TypeError, RuntimeError, pickle.PicklingError) as err:  # a trunk that cannot be copied
+        log.info("no time estimate: the model cannot be copied to time it (%s: %s)", type(err).__name__, err)
+        return {}
+    n_train, forward = len(train_data), per_image["forward"]
+    val = len(val_data) * forward
+    estimate = {
+        "warm": n_train * per_image["warm"] + val,
+        "joint": n_train * per_image["joint"] + val,
+        "push": (n_train + min(model.num_prototypes, n_train)) * forward + val,  # the push, then the source boxes
+        "last": n_train * forward + val,
+    }
+    phases = [p for p in ("warm", "joint", "push", "last") if any(st.phase == p for st in todo)]
+    total = sum(estimate[st.phase] for st in todo)
+    words = {"warm": "warm-up epoch", "joint": "joint epoch", "push": "push", "last": "last-layer epoch"}
+    log.info("estimated time (from timing %d images): %s; the %d stages: about %s", n,
+             ", ".join(f"{words[p]} ~{_secs(estimate[p])}" for p in phases), len(todo), _secs(total))
+    return estimate
+
+
+def _left(estimate: Mapping[str, float], spent: Mapping[str, float], done: list[Stage], todo: list[Stage]) -> float:
+    """Seconds left for ``todo``: the measured mean of each phase, else its estimate scaled by how far the
+    estimates of the stages ``done`` were off."""
+    count: dict[str, int] = {}
+    for st in done:
+        count[st.phase] = count.get(st.phase, 0) + 1
+    guessed = sum(estimate.get(st.phase, 0.0) for st in done)
+    scale = sum(spent.values()) / guessed if guessed > 0 else 1.0
+    return sum(spent[st.phase] / count[st.phase] if st.phase in count else scale * estimate.get(st.phase, 0.0)
+               for st in todo)
 
 
 # -- runs from an image folder -----------------------------------------------------------------------------
@@ -464,7 +576,7 @@ def train_folder(
     data_dir: str | os.PathLike,
     run_dir: str | os.PathLike,
     *,
-    backbone: str = "efficientnet_lite0",
+    backbone: str | None = None,
     pretrained: bool = True,
     trunk_layer: str | None = None,
     image_size: int | None = None,
@@ -481,8 +593,11 @@ def train_folder(
     """Train a ProtoPNet on an ImageFolder-style directory (one sub-folder of images per class) into ``run_dir``.
 
     A stratified ``val_fraction`` of each class is held out for validation (seeded by ``config.seed``).
-    With ``resume`` every setting comes from ``run_dir/config.json`` and the split from ``split.json``
-    (the arguments but ``data_dir``, ``device`` and ``progress`` are ignored).
+    ``backbone`` None or ``"auto"`` chooses from the data (:func:`seewhy.protopnet.auto_backbone`): ``small_cnn``
+    at 32 px when the median shorter side of the images is at most 64 px, else ``efficientnet_lite0``
+    (pretrained) at 224 px. With ``resume`` every setting comes from ``run_dir/config.json`` and the split from
+    ``split.json`` (the arguments but ``data_dir``, ``device`` and ``progress`` are ignored; the run keeps its
+    saved backbone).
 
     Raises:
         ValueError: a bad data directory (missing, empty class folder, unreadable images), bad settings.
@@ -505,6 +620,10 @@ def train_folder(
         val_files, val_labels = split["val"]["files"], split["val"]["labels"]
         record = {k: saved[k] for k in ("backbone", "data")}
         record["data"] = {**record["data"], "root": str(Path(data_dir).resolve())}
+        name = (backbone_rec or {}).get("name") or "a custom trunk"
+        if backbone not in (None, AUTO, name):
+            log.warning("backbone %r ignored: the resumed run keeps its saved backbone %s", backbone, name)
+        log.info("backbone: %s (saved with the run)", name)
     else:
         if resume:
             log.warning("nothing to resume in %s (no config.json): starting a new run", out)
@@ -515,7 +634,10 @@ def train_folder(
         keep, held = stratified_split(labels, val_fraction, config.seed)
         train_files, train_labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
         val_files, val_labels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
+        backbone, why = _choose_backbone(backbone, data_dir, files, trunk_layer)
         backbone_rec = {"name": backbone, "pretrained": pretrained, "layer": trunk_layer}
+        if why:
+            backbone_rec["chosen"] = why
         model_cfg = None
         record = {"backbone": backbone_rec,
                   "data": {"root": str(Path(data_dir).resolve()), "val_fraction": val_fraction,
@@ -531,6 +653,8 @@ def train_folder(
                 prep = dataclasses.replace(prep, image_size=int(image_size))
             model = ProtoPNet(features, len(classes), prototypes_per_class=prototypes_per_class,
                               prototype_dim=prototype_dim, class_names=classes)
+            log.info("backbone: %s, %s%s", backbone, _weights(backbone, pretrained),
+                     f" (chosen automatically: {why}; pass --backbone / backbone= to choose)" if why else "")
         else:  # the weights come from last.pt; without it (stopped in the first stage) start as the run did
             fresh = not (out / "last.pt").is_file()
             model, _ = _build(backbone_rec, model_cfg, pretrained=fresh and bool(backbone_rec.get("pretrained")))
@@ -541,6 +665,28 @@ def train_folder(
     _write_json(split, out / "split.json")
     return train(model, train_data, val_data, prep, config, run_dir=out, resume=resume, record=record,
                  progress=progress, max_stages=max_stages)
+
+
+def _choose_backbone(backbone: str | None, data_dir: str | os.PathLike, files: list[str],
+                     trunk_layer: str | None) -> tuple[str, str]:
+    """``(name, why)``: ``backbone`` itself (why empty), or the automatic choice from the images' sizes."""
+    if backbone not in (None, AUTO):
+        if not isinstance(backbone, str) or not backbone:
+            raise ValueError(f"backbone must be a name or a model spec (or None / 'auto'), got {backbone!r}")
+        return backbone, ""
+    if trunk_layer is not None:
+        raise ValueError(f"trunk layer {trunk_layer!r} given without a backbone: name the backbone it belongs to "
+                         "(--backbone NAME / backbone=...), or drop the trunk layer")
+    return auto_backbone(median_short_side(data_dir, files), len(files))
+
+
+def _weights(name: str, pretrained: bool) -> str:
+    """How the trunk ``name`` starts, in words."""
+    from .. import zoo
+
+    if name in zoo.MODELS:
+        return "pretrained" if pretrained and zoo.get_spec(name).has_weights else "random initial weights"
+    return "random initial weights" if name == "small_cnn" else "weights as the model spec loads them"
 
 
 @dataclass

@@ -92,9 +92,9 @@ def trained() -> Trained:
     return Trained(model, train_data, val_data, test_data, corners, result, seconds)
 
 
-def write_folder(root: Path, n_per_class: int = 12, seed: int = 0) -> Path:
-    """The synthetic images as an ImageFolder of PNGs: root/<class>/<i>.png."""
-    data, _ = synthetic(n_per_class, seed)
+def write_folder(root: Path, n_per_class: int = 12, seed: int = 0, size: int = 32) -> Path:
+    """The synthetic images (``size`` x ``size``) as an ImageFolder of PNGs: root/<class>/<i>.png."""
+    data, _ = synthetic(n_per_class, seed, size)
     for i in range(len(data)):
         folder = root / data.classes[int(data.labels[i])]
         folder.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,8 @@ def test_explain_writes_a_report_with_rows(run_dir: Path, tmp_path: Path) -> Non
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     out = tmp_path / "explained"
-    assert main(["explain", str(run_dir), *map(str, pictures), str(bad), "--out", str(out), "--top-k", "3", "-q"]) == 0
+    rc = main(["explain", str(run_dir), *map(str, pictures), str(bad), "--out", str(out), "--top-k", "3", "-q"])
+    assert rc == 3  # EXIT_PARTIAL: the report is written, one input failed
     assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "index.html", "local.csv", "prototypes.csv"]
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count('class="evidence-row"') == 2 * 3
@@ -144,3 +145,26 @@ def test_usage_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 2 and "unknown class name 'square'" in capsys.readouterr().err
     rc = main(["train", str(data), "--out", str(tmp_path / "r3"), "--epochs", "0"])
     assert rc == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_partly_failed_explain_writes_the_report_and_exits_3(run_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from seewhy.protopnet.cli import EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+
+    assert (EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_PARTIAL) == (0, 1, 2, 3)
+    good = load_run(run_dir).data_root / "plus" / "000.png"
+    bad = []
+    for i in range(4):
+        (tmp_path / f"bad{i}.png").write_bytes(b"garbage")
+        bad.append(str(tmp_path / f"bad{i}.png"))
+    bad.append(str(tmp_path / "missing.jpg"))
+    out = tmp_path / "e"
+    rc = main(["explain", str(run_dir), *bad[:2], str(good), *bad[2:], "--out", str(out), "--top-k", "2"])
+    captured = capsys.readouterr()
+    assert rc == 3 and captured.out.strip() == str(out / "index.html")
+    assert "5 of 6 input(s) could not be used" in captured.err
+    record = json.loads((out / "explanations.json").read_text())
+    assert len(record["local"]) == 1 and sorted(f["path"] for f in record["failures"]) == sorted(bad)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "1 input explained &middot; 5 inputs could not be used &middot; 2 of 6 prototypes shown" in html
+    assert html.count("<li><code>") == 5
