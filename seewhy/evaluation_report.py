@@ -19,7 +19,7 @@ import torch
 from . import viz
 from .evaluate import Evaluation, cost_unit
 from .metrics import get_metric
-from .report import Figure, ImageRow, MethodRun, Table, write_explain_report
+from .report import Figure, ImageRow, MethodRun, Table, _unique_keys, write_explain_report
 
 #: at most this many misclassified images in the failure-mode figure (all of them are in results.json)
 MAX_FAILURE_ROWS = 12
@@ -36,11 +36,13 @@ def write_evaluation_report(
     grid_images: int = 1,
     **kwargs: Any,
 ) -> Path:
-    """Write ``index.html``, ``manifest.json``, ``attributions.npz``, ``results.csv`` and ``results.json``.
+    """Write ``index.html``, ``manifest.json``, ``results.csv``, ``results.json`` (and ``attributions.npz`` with
+    ``save_attributions=True``).
 
     ``images`` are the evaluated images in order; ``grid_images``: how many of them the randomization grid shows;
     other keyword arguments go to :func:`seewhy.report.write_explain_report` (preprocessing, failures, settings,
-    command, overwrite, title).
+    command, overwrite, title, save_attributions). ``results.csv`` and ``results.json`` name the images by file
+    name (see :func:`image_records`) next to their index.
     """
     runs = _runs(evaluation)
     columns, rows = evaluation.leaderboard()
@@ -54,8 +56,8 @@ def write_evaluation_report(
     ]
     figures = [*_curve_figures(evaluation), *_randomization_figures(evaluation, images, grid_images),
                *_failure_figures(evaluation, images, class_names)]
-    files = {"results.csv": _csv(evaluation).encode("utf-8"),
-             "results.json": json.dumps(evaluation.to_dict(), indent=2, allow_nan=False).encode("utf-8")}
+    files = {"results.csv": _csv(evaluation, images).encode("utf-8"),
+             "results.json": json.dumps(_results(evaluation, images), indent=2, allow_nan=False).encode("utf-8")}
     kwargs.setdefault("title", "seewhy evaluate")
     return write_explain_report(out_dir, images, runs, model=model, target=target, class_names=class_names,
                                 tables=tables, figures=figures, files=files, **kwargs)
@@ -207,10 +209,37 @@ def _cell(image: np.ndarray, side: int = 128) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
-def _csv(evaluation: Evaluation) -> str:
+def image_records(images: Sequence[ImageRow]) -> list[dict[str, Any]]:
+    """How results.csv / results.json name the images: ``{"index", "image", "name", "key", "source"}``, where
+    ``image`` is the file name (``photos/cat.jpg`` -> ``cat.jpg``; the name when there is no source file) and
+    ``key`` the image's unique key in the report (its section, ``#image-<key>``, and its manifest entry)."""
+    keys = _unique_keys([im.name for im in images])
+    return [{"index": i, "image": Path(im.source).name if im.source else im.name, "name": im.name, "key": key,
+             "source": im.source} for i, (im, key) in enumerate(zip(images, keys, strict=True))]
+
+
+def _results(evaluation: Evaluation, images: Sequence[ImageRow]) -> dict[str, Any]:
+    """``evaluation.to_dict()`` with the images named: an ``images`` list (scores are listed in its order) and the
+    file name of each failure case."""
+    data = evaluation.to_dict()
+    named = image_records(images)
+    data["images"] = named
+    for case in data.get("failure_cases", []):
+        i = case.get("image")
+        if isinstance(i, int) and 0 <= i < len(named):
+            case["name"] = named[i]["image"]
+    return data
+
+
+def _csv(evaluation: Evaluation, images: Sequence[ImageRow]) -> str:
+    """One row per (method, metric, image); the image by its index and its file name."""
+    named = image_records(images)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["method", "control", "metric", "image", "score"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=["method", "control", "metric", "index", "image", "score"],
+                            lineterminator="\n")
     writer.writeheader()
     for rec in evaluation.records():
-        writer.writerow({**rec, "score": "" if rec["score"] is None else repr(rec["score"])})
+        i = rec["image"]
+        writer.writerow({**rec, "index": i, "image": named[i]["image"] if 0 <= i < len(named) else "",
+                         "score": "" if rec["score"] is None else repr(rec["score"])})
     return buf.getvalue()

@@ -1,41 +1,44 @@
-"""Self-contained HTML reports of explain runs, with a JSON manifest and the raw attributions.
+"""Self-contained HTML reports of explain runs, with a JSON manifest and (optionally) the raw attributions.
 
-:func:`write_explain_report` writes three files into ``out_dir``:
+:func:`write_explain_report` writes into ``out_dir``:
 
-- ``index.html``: one row per image, one column per method. The input as the model saw it (the
-  preprocessed crop), its top-5 predictions (softmax of the model output), and per method the heatmap
-  overlay with the explained target, its score, and extras such as the integrated-gradients completeness
-  gap. Column headers give each method's parameters and wall time per image. Every image is an embedded
-  base64 PNG and the CSS is inline: the file opens offline, alone, in any browser.
+- ``index.html``: a header (model, target, settings, versions, command, colour scales), a contents list, then
+  one section per image: the input as the model saw it (the preprocessed crop), its top-5 predictions (softmax
+  of the model output), and one card per method, grouped by method family (:data:`seewhy.core.FAMILIES`) in a
+  grid that wraps. A card shows the heatmap overlay with the explained target, its score and probability,
+  extras such as the integrated-gradients completeness gap (or, in the evaluate report, the image's metric
+  scores), the time per image, and an "empty map" warning where the rectified heatmap is (nearly) zero. With
+  several class ranks (``target="top3"``) a card shows one overlay per class. Then the methods with their
+  parameters, the tables, the figures, the warnings and the failures. Overlays and inputs are embedded as JPEG,
+  colour scales and figures as PNG, the CSS is inline: the file opens offline, alone, in any browser.
 - ``manifest.json``: everything needed to reproduce and audit the run: model and preprocessing, target,
-  methods with their parameters, layer, heatmap steps, seeds and timings, images with their predictions
-  and per-image results, failures, versions of seewhy/torch/numpy/python, the command line.
-- ``attributions.npz``: the raw, signed attributions, one array per (method, image) under the key
-  ``"<method>/<image key>"`` (e.g. ``"saliency/chelsea"``), shape (C,h,w) as the method returned it for
-  that image and in its dtype (bfloat16/float16 are stored as float32). Image keys are the image names
-  made unique (``cat``, ``cat-2``); ``manifest["images"][i]["key"]`` maps them back. Per-image arrays,
-  not one stack per method, so images of different sizes fit and one map loads without the others:
-  ``np.load(path)["integrated_gradients/chelsea"]``.
+  methods with their parameters, layer, heatmap steps, seeds, timings and warnings, images with their
+  predictions and per-image results (a list per class rank when there are several), failures, versions of
+  seewhy/torch/numpy/python, the command line.
+- ``attributions.npz`` (only with ``save_attributions=True``; ``manifest["attributions"]`` is null without it):
+  the raw, signed attributions, one array per (method, image) under the key ``"<method>/<image key>"`` (e.g.
+  ``"saliency/chelsea"``), or ``"<method>/<image key>/<rank>"`` for a method with several class ranks; shape
+  (C,h,w) as the method returned it for that image and in its dtype (bfloat16/float16 are stored as float32).
+  Image keys are the image names made unique (``cat``, ``cat-2``); ``manifest["images"][i]["key"]`` maps them
+  back. Per-image arrays, not one stack per method, so images of different sizes fit and one map loads without
+  the others: ``np.load(path)["integrated_gradients/chelsea"]``.
 
 Each file is written to a temporary name in ``out_dir`` and moved into place with ``os.replace``. A
 previous ``index.html`` is removed first and the new one is written last, so an interrupted run never
 leaves a report that looks complete. The data passed in is plain (uint8 images, model outputs,
-:class:`~seewhy.core.Explanation` objects, dicts); the rendering happens here and in :mod:`seewhy.viz`.
+:class:`~seewhy.core.Explanation` objects, dicts); the page is laid out in :mod:`seewhy.report_layout`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,20 +46,31 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import report_layout as layout
 from .core import Explanation
+from .report_files import _atomic as _atomic
+from .report_files import _jsonable as _jsonable
+from .report_files import _versions as _versions
+from .report_files import prepare_out_dir, write_report_files
+from .report_layout import template_env
 
 __all__ = [
     "FILES",
+    "Figure",
     "ImageRow",
     "MethodRun",
     "Table",
     "prepare_out_dir",
     "top_predictions",
+    "template_env",
     "write_explain_report",
+    "write_report_files",
 ]
 
 FILES = ("index.html", "manifest.json", "attributions.npz")
 MANIFEST_VERSION = 1
+#: extras that are not per-image numbers nor batch records: shown as warnings or recorded apart
+_RESERVED_EXTRAS = ("seed", "warnings", "empty_heatmap")
 
 
 @dataclass(frozen=True)
@@ -72,17 +86,50 @@ class ImageRow:
 
 @dataclass(frozen=True)
 class MethodRun:
-    """One method over all images: its explanations, one per batch and in image order, and the wall time
-    of each batch in seconds. A method that failed has no explanations and an ``error`` message."""
+    """One method over all images: its explanations, one entry per batch and in image order, and the wall time
+    of each batch in seconds. An entry is one :class:`~seewhy.core.Explanation`, or a sequence of them covering
+    the same images, one per class rank (rank 0 the best class: three for ``target="top3"``). A method that
+    failed has no explanations and an ``error`` message."""
 
     name: str
-    explanations: Sequence[Explanation] = ()
+    explanations: Sequence[Explanation | Sequence[Explanation]] = ()
     seconds: Sequence[float] = ()
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.explanations)
+
+    def batches(self) -> list[tuple[Explanation, ...]]:
+        """The entries as tuples of Explanations, one per class rank, checked: the same images in every rank and
+        the same number of ranks in every batch.
+
+        Raises:
+            TypeError: an entry is neither an Explanation nor a sequence of them.
+            ValueError: the ranks of a batch cover different images, or batches differ in their number of ranks.
+        """
+        out: list[tuple[Explanation, ...]] = []
+        for b, entry in enumerate(self.explanations):
+            exps = (entry,) if isinstance(entry, Explanation) else tuple(entry)
+            if not exps or not all(isinstance(e, Explanation) for e in exps):
+                raise TypeError(f"method {self.name!r}, batch {b}: expected an Explanation or a non-empty sequence of "
+                                f"Explanations (one per class rank), got {type(entry).__name__}")
+            first = exps[0]
+            for r, e in enumerate(exps[1:], 1):
+                n0, n = first.attributions.shape[0], e.attributions.shape[0]
+                if n != n0 or e.scores.shape[:1] != first.scores.shape[:1]:
+                    raise ValueError(f"method {self.name!r}, batch {b}: class rank {r} explains {n} images, rank 0 "
+                                     f"explains {n0}; every rank of a batch must cover the same images")
+                if e.inputs is not None and first.inputs is not None and (
+                        e.inputs.shape != first.inputs.shape or not torch.equal(e.inputs, first.inputs)):
+                    raise ValueError(f"method {self.name!r}, batch {b}: class rank {r} was computed on other inputs "
+                                     "than rank 0; every rank of a batch must explain the same images")
+            out.append(exps)
+        ranks = sorted({len(e) for e in out})
+        if len(ranks) > 1:
+            raise ValueError(f"method {self.name!r}: its batches have {ranks} class ranks; every batch needs the same "
+                             "number of Explanations (one per class rank)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -111,36 +158,6 @@ class _Prediction:
     prob: float
 
 
-@dataclass
-class _Cell:
-    uri: str
-    label: str
-    score: float
-    prob: float | None
-    notes: list[tuple[str, str]] = field(default_factory=list)
-
-
-def prepare_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, create: bool = True) -> Path:
-    """Check that a report may be written to ``out_dir`` and create it (unless ``create`` is False).
-
-    An existing non-empty folder is refused unless ``overwrite``; the CLI checks this before any work.
-
-    Raises:
-        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False, or it is a file.
-    """
-    path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"output path {str(path)!r} is a file; choose a folder name")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output folder {str(path)!r} exists and is not empty; pass --overwrite (overwrite=True in Python) "
-            "to replace the report in it, or choose another folder"
-        )
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def top_predictions(
     output: Tensor | np.ndarray, class_names: Sequence[str] | None = None, k: int = 5
 ) -> list[tuple[int, str, float]]:
@@ -167,6 +184,7 @@ def write_explain_report(
     command: Sequence[str] | None = None,
     title: str = "seewhy report",
     overwrite: bool = False,
+    save_attributions: bool = True,
 ) -> Path:
     """Write ``index.html``, ``manifest.json`` and ``attributions.npz`` into ``out_dir``; return the HTML path.
 
@@ -175,45 +193,48 @@ def write_explain_report(
         runs: one :class:`MethodRun` per method; the batches of each cover ``images`` in order.
         model: shown in the header and stored in the manifest; ``model["name"]`` is required, other keys
             (spec, weights, description, preprocessing, ...) are recorded as given.
-        target: the target spec as the user gave it ("top1", "207", "tabby").
+        target: the target spec as the user gave it ("top1", "top3", "207", "tabby").
         preprocessing: how the images were turned into inputs (resize, crop, mean, std, ...).
         failures: ``(path, reason)`` for the inputs that could not be loaded.
         class_names: labels for the model's classes (default: those carried by the explanations).
         settings: other run settings for the record (device, batch size, seed, ...).
-        tables: extra tables (metrics) shown below the images and stored in the manifest.
+        tables: extra tables (metrics) shown after the methods and stored in the manifest.
         figures: pictures (plots, grids of maps) shown after the tables.
         files: more files to write next to the report, ``{name: content}`` (e.g. ``results.csv``), atomically
             and before ``index.html``; listed in the manifest.
         command: the command line (default ``sys.argv``).
         overwrite: replace a report in a non-empty ``out_dir``.
+        save_attributions: write the raw attributions to ``attributions.npz`` (the manifest's ``attributions``
+            is null without them).
 
     Raises:
         FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
-        ValueError: the explanations do not match the images (count, batch sizes).
+        ValueError: the explanations do not match the images (count, batch sizes, class ranks).
     """
     if "name" not in model:
         raise ValueError("model must hold at least a 'name' entry, e.g. {'name': 'efficientnet_lite0'}")
-    _check_runs(images, runs)
+    batches = _check_runs(images, runs)
     for name in files or {}:
-        if Path(name).name != name or name in ("index.html", "manifest.json", "attributions.npz"):
+        if Path(name).name != name or name in FILES:
             raise ValueError(f"extra file name {name!r} must be a plain file name other than the report's own")
     out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
     keys = _unique_keys([im.name for im in images])
-    names = class_names if class_names is not None else _class_names(runs)
-    tables = [*tables, *(t for run in runs if run.ok for t in _ledger_tables(run, keys))]
+    names = class_names if class_names is not None else _class_names(batches.values())
+    tables = [*tables, *(t for run in runs if run.ok for t in _ledger_tables(run.name, batches[run.name], keys))]
     probs = [_softmax(im.output) if im.output is not None else None for im in images]
 
     arrays: dict[str, np.ndarray] = {}
-    columns: list[dict[str, Any]] = []
-    cells: dict[str, list[_Cell]] = {}
+    views: list[layout.MethodView] = []
+    cards: dict[str, list[layout.Card]] = {key: [] for key in keys}
     manifest_methods: list[dict[str, Any]] = []
     for run in runs:
         if not run.ok:
             manifest_methods.append({"name": run.name, "error": run.error or "no result"})
             continue
-        column, method_cells, record = _render_method(run, images, keys, probs, names, arrays)
-        columns.append(column)
-        cells[run.name] = method_cells
+        view, method_cards, record = _render_method(run, batches[run.name], images, keys, probs, names, arrays)
+        views.append(view)
+        for key, card in zip(keys, method_cards, strict=True):
+            cards[key].append(card)
         manifest_methods.append(record)
 
     predictions = [
@@ -223,6 +244,7 @@ def write_explain_report(
     created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     versions = _versions()
     cmd = list(command) if command is not None else list(sys.argv)
+    ranked = any(v.ranks > 1 for v in views)
     manifest = {
         "seewhy_report": MANIFEST_VERSION,
         "title": title,
@@ -244,6 +266,7 @@ def write_explain_report(
             for im, key, preds in zip(images, keys, predictions, strict=True)
         ],
         "methods": manifest_methods,
+        "warnings": [{"method": v.name, "message": w} for v in views for w in v.warnings],
         "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
         "tables": [_jsonable({"title": t.title, "columns": t.columns, "rows": t.rows, "note": t.note})
                    for t in tables],
@@ -251,12 +274,12 @@ def write_explain_report(
         "files": sorted(files or {}),
         "attributions": {
             "file": "attributions.npz",
-            "key": "<method>/<image key>",
+            "key": "<method>/<image key>" + ("[/<rank> for the methods with several class ranks]" if ranked else ""),
             "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()},
-        },
+        } if save_attributions else None,
     }
 
-    html = _render_html(
+    html = layout.render_page(
         title=title,
         created=created,
         versions=versions,
@@ -264,121 +287,106 @@ def write_explain_report(
         target=target,
         settings={**({"preprocessing": preprocessing} if preprocessing else {}), **(settings or {})},
         cmd=cmd,
-        columns=columns,
-        rows=[
-            {"name": im.name, "key": key, "source": im.source, "uri": _data_uri(im.image), "predictions": preds,
-             "cells": [cells[c["name"]][i] for c in columns]}
-            for i, (im, key, preds) in enumerate(zip(images, keys, predictions, strict=True))
-        ],
+        images=[{"name": im.name, "key": key, "source": im.source, "image": im.image, "predictions": preds}
+                for im, key, preds in zip(images, keys, predictions, strict=True)],
+        cards=cards,
+        methods=views,
         failures=[(str(p), str(r)) for p, r in failures],
         method_failures=[(r.name, r.error or "no result") for r in runs if not r.ok],
         tables=list(tables),
-        figures=[{"title": f.title, "caption": f.caption, "uri": _data_uri(f.image)} for f in figures],
-        legends=_legends(columns),
+        figures=list(figures),
+        attributions_file="attributions.npz" if save_attributions else None,
     )
 
     manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()  # fails before anything is written
-    contents: dict[str, bytes | Callable[[BinaryIO], Any]] = {
-        **(files or {}), "attributions.npz": lambda f: np.savez(f, **arrays), "manifest.json": manifest_bytes,
-    }
-    index = write_report_files(out, contents, html)
-    return index
+    contents: dict[str, bytes | Callable[[BinaryIO], Any]] = dict(files or {})
+    if save_attributions:
+        contents["attributions.npz"] = lambda f: np.savez(f, **arrays)
+    contents["manifest.json"] = manifest_bytes
+    if not save_attributions:
+        (out / "attributions.npz").unlink(missing_ok=True)  # an old one would not match the new manifest
+    return write_report_files(out, contents, html)
 
 
-def write_report_files(out: Path, files: Mapping[str, bytes | Callable[[BinaryIO], Any]], html: str) -> Path:
-    """Write a report's files into ``out`` and its ``index.html`` last; returns the index's path.
-
-    Each value is the content or a function that writes it to a binary file. Every file is written atomically;
-    an old ``index.html`` is removed first (an old report must not look complete next to new data), and when
-    a write fails (disk full, interrupted) the files written so far, and ``out`` if this call created it, are
-    removed again: no partial report is left behind.
-    """
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    index = out / "index.html"
-    index.unlink(missing_ok=True)
-    written: list[Path] = []
-    try:
-        for name, content in {**files, "index.html": html.encode("utf-8")}.items():
-            with _atomic(out / name) as f:
-                if callable(content):
-                    content(f)
-                else:
-                    f.write(content)
-            written.append(out / name)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    return index
-
-
-# -- rendering -----------------------------------------------------------------------------------------
+# -- per method ----------------------------------------------------------------------------------------
 
 
 def _render_method(
     run: MethodRun,
+    batches: Sequence[tuple[Explanation, ...]],
     images: Sequence[ImageRow],
     keys: Sequence[str],
     probs: Sequence[Tensor | None],
     names: Sequence[str] | None,
     arrays: dict[str, np.ndarray],
-) -> tuple[dict[str, Any], list[_Cell], dict[str, Any]]:
-    """One column of the table, its cells, and its manifest record; fills ``arrays``."""
+) -> tuple[layout.MethodView, list[layout.Card], dict[str, Any]]:
+    """A method's row of the methods table, its card on each image, and its manifest record; fills ``arrays``."""
     from . import viz
 
-    first = run.explanations[0]
+    first = batches[0][0]
+    k = len(batches[0])
     steps: dict[str, Any] | None = None
-    method_cells: list[_Cell] = []
-    per_image: dict[str, dict[str, Any]] = {}
-    batches: list[dict[str, Any]] = []
+    cards: list[layout.Card] = []
+    per_image: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    empties: list[str] = []
     i = 0
-    for b, exp in enumerate(run.explanations):
-        n = exp.attributions.shape[0]
+    for b, ranks in enumerate(batches):
+        n = ranks[0].attributions.shape[0]
         size = tuple(np.asarray(images[i].image).shape[:2])
-        batch_steps = exp.heatmap_steps(size)
-        steps = steps or batch_steps
-        signed = batch_steps.get("sign") == "all"
-        heat = exp.heatmap(size).detach().float().cpu().numpy()[:, 0]
-        attr = exp.attributions.detach().cpu()
-        if attr.dtype in (torch.bfloat16, torch.float16):
-            attr = attr.float()
-        attr = attr.numpy()
-        batch_extras = {k: _jsonable(v) for k, v in exp.extras.items() if k != "seed" and not _per_sample(v, n)}
-        batches.append(
-            {
-                "images": list(keys[i : i + n]),
-                "seconds": float(run.seconds[b]) if b < len(run.seconds) else None,
-                "seed": _jsonable(exp.extras.get("seed")),
-                **({"extras": batch_extras} if batch_extras else {}),
-            }
-        )
+        seconds = float(run.seconds[b]) if b < len(run.seconds) else None
+        batch_warnings = list(dict.fromkeys(str(w) for e in ranks for w in e.extras.get("warnings") or ()))
+        warnings += [w for w in batch_warnings if w not in warnings]
+        maps: list[list[layout.MapView]] = [[] for _ in range(n)]
+        entries: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        batch_extras = []
+        for r, exp in enumerate(ranks):
+            batch_steps = exp.heatmap_steps(size)
+            steps = steps or batch_steps
+            signed = batch_steps.get("sign") == "all"
+            heat = exp.heatmap(size).detach().float().cpu().numpy()[:, 0]
+            attr = exp.attributions.detach().cpu()
+            attr = (attr.float() if attr.dtype in (torch.bfloat16, torch.float16) else attr).numpy()
+            empty = _empty_flags(run.name, exp, n)
+            batch_extras.append({key: _jsonable(v) for key, v in exp.extras.items()
+                                 if key not in _RESERVED_EXTRAS and not _per_sample(v, n)})
+            for j in range(n):
+                key = keys[i + j]
+                arrays[f"{run.name}/{key}" + (f"/{r}" if k > 1 else "")] = attr[j]
+                extras = {x: float(v.reshape(-1)[j]) for x, v in exp.extras.items()
+                          if x not in _RESERVED_EXTRAS and _per_sample(v, n)}
+                score = float(exp.scores[j])
+                target = int(exp.targets[j]) if exp.targets is not None else None
+                p = probs[i + j]
+                prob = float(p[target]) if p is not None and target is not None and 0 <= target < p.numel() else None
+                label = _target_label(exp, j, names)
+                overlay = viz.overlay(images[i + j].image, heat[j], signed=signed)
+                maps[j].append(layout.MapView(layout.jpeg_uri(overlay), label, score, prob, r, bool(empty[j]),
+                                              layout.notes(extras, score)))
+                entries[j].append({**({"rank": r} if k > 1 else {}), "target": target, "label": label,
+                                   "score": score, "prob": prob,
+                                   **{x: None if math.isnan(v) else v for x, v in extras.items()},
+                                   **({"empty_heatmap": bool(empty[j])} if "empty_heatmap" in exp.extras else {})})
+                if empty[j]:
+                    empties.append(key + (f"/{r}" if k > 1 else ""))
         for j in range(n):
-            key = keys[i + j]
-            arrays[f"{run.name}/{key}"] = attr[j]
-            extras = {k: float(v.reshape(-1)[j]) for k, v in exp.extras.items() if _per_sample(v, n)}
-            score = float(exp.scores[j])
-            target = int(exp.targets[j]) if exp.targets is not None else None
-            p = probs[i + j]
-            prob = float(p[target]) if p is not None and target is not None and 0 <= target < p.numel() else None
-            label = _target_label(exp, j, names)
-            overlay = viz.overlay(images[i + j].image, heat[j], signed=signed)
-            method_cells.append(_Cell(_data_uri(overlay), label, score, prob, _notes(extras, score)))
-            per_image[key] = {"target": target, "label": label, "score": score, "prob": prob,
-                              **{k: None if math.isnan(v) else v for k, v in extras.items()}}
+            per_image[keys[i + j]] = entries[j] if k > 1 else entries[j][0]
+            cards.append(layout.Card(run.name, keys[i + j], maps[j], None if seconds is None else seconds / n,
+                                     batch_warnings))
+        records.append({
+            "images": list(keys[i : i + n]),
+            "seconds": seconds,
+            "seed": _jsonable(ranks[0].extras.get("seed")),
+            **({"extras": batch_extras[0] if k == 1 else batch_extras} if any(batch_extras) else {}),
+        })
         i += n
     total = float(sum(run.seconds))
-    column = {
-        "name": run.name,
-        "params": _short_params(first.params),
-        "layer": first.layer,
-        "per_image": total / max(1, len(images)),
-        "signed": (steps or {}).get("sign") == "all",
-        "steps": steps or {},
-    }
+    view = layout.MethodView(
+        name=run.name, family=layout.family_of(run.name), params=layout.short_params(first.params),
+        layer=first.layer, per_image=total / max(1, len(images)), signed=(steps or {}).get("sign") == "all",
+        steps=steps or {}, ranks=k, warnings=warnings,
+    )
     record = {
         "name": run.name,
         "kind": first.kind,
@@ -387,129 +395,64 @@ def _render_method(
         "heatmap_steps": _jsonable(steps),
         "seconds": total,
         "seconds_per_image": total / max(1, len(images)),
-        "seeds": [bt["seed"] for bt in batches],
-        "batches": batches,
+        "seeds": [bt["seed"] for bt in records],
+        "batches": records,
+        **({"ranks": k} if k > 1 else {}),
+        **({"warnings": warnings} if warnings else {}),
+        **({"empty_heatmaps": empties} if empties else {}),
         "per_image": per_image,
     }
-    return column, method_cells, record
+    return view, cards, record
 
 
-def _ledger_tables(run: MethodRun, keys: Sequence[str]) -> list[Table]:
-    """The relevance ledger of an LRP run as a table: the relevance sum entering each layer, output to input,
-    per image, and its ratio to the output relevance (1 where relevance is conserved)."""
+def _empty_flags(method: str, exp: Explanation, n: int) -> list[bool]:
+    """``exp.extras["empty_heatmap"]`` as n booleans (all False when absent)."""
+    flags = exp.extras.get("empty_heatmap")
+    if flags is None:
+        return [False] * n
+    arr = flags.detach().cpu().numpy() if isinstance(flags, Tensor) else np.asarray(flags)
+    if arr.shape != (n,) or arr.dtype.kind not in "bui":
+        raise ValueError(f"method {method!r}: extras['empty_heatmap'] must be a bool tensor of shape ({n},), one flag "
+                         f"per image of the batch; got {arr.dtype} {arr.shape}")
+    return [bool(x) for x in arr]
+
+
+def _ledger_tables(method: str, batches: Sequence[tuple[Explanation, ...]], keys: Sequence[str]) -> list[Table]:
+    """The relevance ledger of an LRP run as a table (one per class rank): the relevance sum entering each layer,
+    output to input, per image, and its ratio to the output relevance (1 where relevance is conserved)."""
     from .methods.lrp import ledger_table
 
-    per_batch = [ledger_table(exp) for exp in run.explanations if exp.extras.get("relevance_ledger")]
-    if len(per_batch) != len(run.explanations):
-        return []
-    layers = [row["layer"] for row in per_batch[0]]
-    if any([row["layer"] for row in rows] != layers for rows in per_batch):
-        return []
-    columns = ["layer"]
-    for key in keys:
-        columns += [f"{key}: relevance", f"{key}: / output"]
-    body = []
-    for i, layer in enumerate(layers):
-        cells: list[Any] = [layer]
-        for rows in per_batch:
-            for rel, ratio in zip(rows[i]["relevance"], rows[i]["ratio"], strict=True):
-                cells += [rel, ratio]
-        body.append(cells)
-    note = ("sum of relevance entering each layer, from the output (the explained score) to the input; "
-            "a ratio of 1 means relevance is conserved down to that layer")
-    return [Table(f"Relevance ledger: {run.name}", columns, body, note)]
-
-
-def _notes(extras: Mapping[str, float], score: float) -> list[tuple[str, str]]:
-    """Per-image extras as caption lines; the IG completeness gap also relative to f(x) - f(baseline)."""
-    notes = []
-    for key, value in extras.items():
-        text = _fmt_num(value)
-        if key == "completeness_gap" and "baseline_scores" in extras:
-            delta = score - extras["baseline_scores"]
-            if abs(delta) > 1e-12:
-                text += f" ({100 * abs(value) / abs(delta):.1f}% of f(x) - f(x'))"
-        label = {"baseline_scores": "baseline score"}.get(key, key.replace("_", " "))
-        notes.append((label, text))
-    return notes
-
-
-def template_env() -> Any:
-    """The jinja2 environment of seewhy's report templates (autoescaped, strict), with the ``num`` (4
-    significant digits, "-" for None, "n/a" for NaN) and ``pct`` filters."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("seewhy", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = _fmt_num
-    env.filters["pct"] = lambda p: f"{100 * p:.1f}%"
-    return env
-
-
-def _render_html(**context: Any) -> str:
-    env = template_env()
-    env.filters["value"] = _fmt_value
-    env.filters["setting"] = _fmt_setting
-    env.filters["secs"] = lambda x: f"{x:.3f}" if x < 0.1 else f"{x:.2f}" if x < 10 else f"{x:.1f}"
-    return env.get_template("report.html").render(**context)
-
-
-def _legends(columns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Colour scales used by the columns: unsigned (0 -> 1) and, if any, signed (-max -> 0 -> +max)."""
-    from . import viz
-
-    ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (12, 1))
-    out = [{"title": "attribution", "low": "low", "high": "high",
-            "uri": _data_uri(viz.heat_to_image(ramp))}]
-    if any(c["signed"] for c in columns):
-        out.append({"title": "signed attribution", "low": "negative", "high": "positive",
-                    "uri": _data_uri(viz.heat_to_image(ramp, signed=True))})
-    return out
-
-
-def _data_uri(image: np.ndarray) -> str:
-    from . import viz
-
-    return viz.data_uri(np.ascontiguousarray(image))
-
-
-def _short_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(k, _fmt_value(v)) for k, v in params.items()]
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, Tensor):
-        return f"tensor{tuple(v.shape)}"
-    if isinstance(v, float):
-        return f"{v:g}"
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fmt_setting(v: Any) -> str:
-    """A header value: text as is, mappings as ``k=v, ...``, sequences comma-separated."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, Mapping):
-        return ", ".join(f"{k}={_fmt_setting(x)}" for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return "(" + ", ".join(_fmt_setting(x) for x in v) + ")"
-    return _fmt_value(v)
-
-
-def _fmt_num(x: float | None) -> str:
-    return "-" if x is None else "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.4g}"
+    tables = []
+    k = len(batches[0])
+    for r in range(k):
+        per_batch = [ledger_table(ranks[r]) for ranks in batches if ranks[r].extras.get("relevance_ledger")]
+        if len(per_batch) != len(batches):
+            return tables
+        layers = [row["layer"] for row in per_batch[0]]
+        if any([row["layer"] for row in rows] != layers for rows in per_batch):
+            return tables
+        columns = ["layer"]
+        for key in keys:
+            columns += [f"{key}: relevance", f"{key}: / output"]
+        body = []
+        for i, layer in enumerate(layers):
+            cells: list[Any] = [layer]
+            for rows in per_batch:
+                for rel, ratio in zip(rows[i]["relevance"], rows[i]["ratio"], strict=True):
+                    cells += [rel, ratio]
+            body.append(cells)
+        note = ("sum of relevance entering each layer, from the output (the explained score) to the input; "
+                "a ratio of 1 means relevance is conserved down to that layer")
+        tables.append(Table(f"Relevance ledger: {method}" + (f", class rank {r + 1}" if k > 1 else ""), columns,
+                            body, note))
+    return tables
 
 
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _check_runs(images: Sequence[ImageRow], runs: Sequence[MethodRun]) -> None:
+def _check_runs(images: Sequence[ImageRow], runs: Sequence[MethodRun]) -> dict[str, list[tuple[Explanation, ...]]]:
+    """The batches of each successful run, checked against the images."""
     if not images:
         raise ValueError("no image to report; at least one image must have been explained")
     for im in images:
@@ -519,16 +462,18 @@ def _check_runs(images: Sequence[ImageRow], runs: Sequence[MethodRun]) -> None:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"each method may appear once in a report; got {names}")
+    out = {}
     for run in runs:
         if not run.ok:
             continue
-        n = sum(int(e.attributions.shape[0]) for e in run.explanations)
+        batches = run.batches()
+        n = sum(int(ranks[0].attributions.shape[0]) for ranks in batches)
         if n != len(images):
             raise ValueError(f"method {run.name!r} explains {n} images, the report has {len(images)}")
-        if run.seconds and len(run.seconds) != len(run.explanations):
-            raise ValueError(
-                f"method {run.name!r}: {len(run.seconds)} timings for {len(run.explanations)} batches"
-            )
+        if run.seconds and len(run.seconds) != len(batches):
+            raise ValueError(f"method {run.name!r}: {len(run.seconds)} timings for {len(batches)} batches")
+        out[run.name] = batches
+    return out
 
 
 def _unique_keys(names: Sequence[str]) -> list[str]:
@@ -552,11 +497,12 @@ def _softmax(output: Tensor | np.ndarray) -> Tensor:
     return torch.softmax(logits.cpu().double().flatten(), dim=0)
 
 
-def _class_names(runs: Sequence[MethodRun]) -> Sequence[str] | None:
-    for run in runs:
-        for exp in run.explanations:
-            if exp.class_names:
-                return exp.class_names
+def _class_names(batches: Iterable[Sequence[tuple[Explanation, ...]]]) -> Sequence[str] | None:
+    for run in batches:
+        for ranks in run:
+            for exp in ranks:
+                if exp.class_names:
+                    return exp.class_names
     return None
 
 
@@ -573,65 +519,3 @@ def _target_label(exp: Explanation, j: int, names: Sequence[str] | None) -> str:
 
 def _per_sample(v: Any, n: int) -> bool:
     return isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n and v.numel() == n and v.is_floating_point()
-
-
-def _jsonable(v: Any) -> Any:
-    """JSON-safe copy: tensors/arrays become lists (large ones a shape summary), NaN becomes None."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (np.generic,)):
-        return _jsonable(v.item())
-    if isinstance(v, (Tensor, np.ndarray)):
-        arr = v.detach().cpu() if isinstance(v, Tensor) else v
-        if arr.ndim == 0:
-            return _jsonable(arr.item())
-        size = arr.numel() if isinstance(arr, Tensor) else arr.size
-        if size <= 64:
-            return _jsonable(arr.tolist())
-        return {"shape": list(arr.shape), "dtype": str(arr.dtype)}
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if callable(v):
-        return f"{getattr(v, '__module__', '?')}.{getattr(v, '__qualname__', repr(v))}"
-    return repr(v)
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {
-        "seewhy": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-    }
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Any]:
-    """Write a binary file to a temporary name next to ``path``, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -113,20 +113,52 @@ def test_bad_requests_fail_before_any_work() -> None:
 
 def test_report_has_leaderboard_curves_grid_failures_and_numbers(result, tmp_path: Path) -> None:
     _, x, _ = _data()
-    rows = [ImageRow(f"img{i}", (x[i].permute(1, 2, 0) * 255).to(torch.uint8).numpy()) for i in range(5)]
+    rows = [ImageRow(f"img{i}", (x[i].permute(1, 2, 0) * 255).to(torch.uint8).numpy(), source=f"/data/img{i}.png")
+            for i in range(5)]
     index = write_evaluation_report(tmp_path / "out", rows, result, model={"name": "tiny_cnn"}, grid_images=2)
     html = index.read_text(encoding="utf-8")
     for title in ("Leaderboard", "Curves: deletion_auc", "Curves: insertion_auc",
                   "Sanity check: cascading randomization", "Failure modes: misclassified images"):
         assert f"<h2>{title}</h2>" in html
+    contents = html[html.index('id="contents"'):html.index("</nav>")]
+    for anchor in ("#image-img0", "#image-img4", "#methods", "#table-leaderboard", "#table-metrics",
+                   "#figure-curves-deletion-auc", "#figure-sanity-check-cascading-randomization"):
+        assert f'href="{anchor}"' in contents and f'id="{anchor[1:]}"' in html
+    # one card per image and method (controls included), each with its metric scores
+    assert html.count('<div class="cell') == 5 * 4
+    card = html[html.index('id="card-img3/gradcam"'):]
+    card = card[:card.index("</figure>")]
+    score = float(result.results[("gradcam", "sparseness")].scores[3])
+    assert f"sparseness {score:.4g}" in card and "deletion auc" in card
+    assert 'data-family="control"' in html
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(data["results"]) == {"saliency", "gradcam", *CONTROLS}
     assert data["results"]["saliency"]["deletion_auc"]["mean"] == pytest.approx(
         float(result.results[("saliency", "deletion_auc")].scores.mean()))
+    assert [im["image"] for im in data["images"]] == [f"img{i}.png" for i in range(5)]
+    assert data["images"][2] == {"index": 2, "image": "img2.png", "name": "img2", "key": "img2",
+                                 "source": "/data/img2.png"}
+    assert all(c["name"] == f"img{c['image']}.png" for c in data["failure_cases"])
     lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert lines[0] == "method,control,metric,image,score" and len(lines) == 1 + 4 * len(METRICS) * 5
+    assert lines[0] == "method,control,metric,index,image,score" and len(lines) == 1 + 4 * len(METRICS) * 5
+    by_index = {line.split(",")[3]: line.split(",")[4] for line in lines[1:]}
+    assert by_index == {str(i): f"img{i}.png" for i in range(5)}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "results.csv" in manifest["files"] and any(t["title"] == "Leaderboard" for t in manifest["tables"])
     leader = next(t for t in manifest["tables"] if t["title"] == "Leaderboard")
     assert [r[0] for r in leader["rows"]] == ["saliency", "gradcam", *(f"{c} (control)" for c in CONTROLS)]
     assert np.asarray(rows[0].image).dtype == np.uint8
+    assert (tmp_path / "out" / "attributions.npz").is_file()
+
+
+def test_report_names_images_without_a_source_and_can_leave_out_the_attributions(result, tmp_path: Path) -> None:
+    _, x, _ = _data()
+    rows = [ImageRow("cat" if i < 2 else f"dog{i}", (x[i].permute(1, 2, 0) * 255).to(torch.uint8).numpy())
+            for i in range(5)]
+    write_evaluation_report(tmp_path, rows, result, model={"name": "tiny_cnn"}, save_attributions=False)
+    assert not (tmp_path / "attributions.npz").exists()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [(im["image"], im["key"]) for im in data["images"]] == [
+        ("cat", "cat"), ("cat", "cat-2"), ("dog2", "dog2"), ("dog3", "dog3"), ("dog4", "dog4")]
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert "saliency,False,sparseness,1,cat," in "\n".join(lines)

@@ -20,29 +20,45 @@ METHODS = ("saliency", "integrated_gradients")
 
 
 class _Collector(HTMLParser):
-    """Every tag with its attributes, and the text of the page."""
+    """Every tag with its attributes, the text of the page, and the cards in page order with the image section
+    and the family group each one is in."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.text: list[str] = []
+        self.cards: list[tuple[str | None, str | None, str | None]] = []  # (section image, family, method)
+        self._section: str | None = None
+        self._family: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "section" and "data-image" in a:
+            self._section, self._family = a["data-image"], None
+        if "data-family" in a:
+            self._family = a["data-family"]
+        if "cell" in (a.get("class") or "").split():
+            self.cards.append((self._section, self._family, a.get("data-method")))
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
 
 
-def _parse(path: Path) -> _Collector:
+def _parse(path: Path | str) -> _Collector:
+    """The page at ``path``, or the HTML text given."""
     parser = _Collector()
-    parser.feed(path.read_text(encoding="utf-8"))
+    parser.feed(path.read_text(encoding="utf-8") if isinstance(path, Path) else path)
     parser.close()
     return parser
 
 
 def _cells(page: _Collector) -> list[dict[str, str | None]]:
-    return [a for t, a in page.tags if t == "td" and "cell" in (a.get("class") or "").split()]
+    return [a for t, a in page.tags if t == "div" and "cell" in (a.get("class") or "").split()]
+
+
+def _ids(page: _Collector) -> set[str]:
+    return {a["id"] for _, a in page.tags if a.get("id")}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +105,17 @@ def test_html_parses_and_is_self_contained(written: Path) -> None:
     urls = [(t, k, v) for t, a in page.tags for k, v in a.items() if k in ("src", "href") and v is not None]
     assert urls, "the report embeds its images"
     for tag, key, value in urls:
-        assert value.startswith(("data:image/png;base64,", "#")), f"external {key}= in <{tag}>: {value[:60]}"
+        assert value.startswith(("data:image/png;base64,", "data:image/jpeg;base64,", "#")), \
+            f"external {key}= in <{tag}>: {value[:60]}"
     assert not [t for t, a in page.tags if t in ("script", "link")]
+    ids = _ids(page)
+    for tag, key, value in urls:  # every link inside the page leads somewhere
+        assert not value.startswith("#") or value[1:] in ids, f"dangling {key}={value} in <{tag}>"
+    imgs = {a["alt"]: a["src"] for t, a in page.tags if t == "img"}
+    overlays = [v for k, v in imgs.items() if "heatmap for" in k]
+    assert len(overlays) == N_IMAGES * len(METHODS) and all(v.startswith("data:image/jpeg") for v in overlays)
+    assert imgs["input img0"].startswith("data:image/jpeg")
+    assert imgs["attribution colour scale"].startswith("data:image/png")  # exact colours
     text = " ".join(page.text)
     for word in ("tiny_cnn", seewhy.__version__, torch.__version__, "top1", "img0", *METHODS):
         assert word in text
@@ -261,3 +286,180 @@ def test_a_failed_write_leaves_no_partial_report(tmp_path: Path, run_data: dict,
     with pytest.raises(OSError, match="No space"):
         _write(out, run_data, files={"results.csv": b"a,b\n"})
     assert not out.exists()  # the extra file written before the failure is gone, and the folder this call made
+
+
+
+# -- layout: sections, contents, families ------------------------------------------------------------------
+
+
+def test_one_section_per_image_and_a_contents_list(tmp_path: Path, run_data: dict) -> None:
+    written = tmp_path
+    _write(written, run_data, tables=[Table("Faithfulness", ["method", "deletion AUC"], [["saliency", 0.25]])])
+    page = _parse(written / "index.html")
+    sections = [a for t, a in page.tags if t == "section" and "data-image" in a]
+    assert [(a["id"], a["data-image"]) for a in sections] == [(f"image-img{i}", f"img{i}") for i in range(N_IMAGES)]
+    assert page.cards == [(f"img{i}", "gradient", m) for i in range(N_IMAGES) for m in METHODS]
+    assert all(c["data-image"] == image for c, (image, _, _) in zip(_cells(page), page.cards, strict=True))
+    html = (written / "index.html").read_text(encoding="utf-8")
+    contents = _parse(html[html.index('<nav class="toc" id="contents">'):html.index("</nav>")])
+    links = [a["href"] for t, a in contents.tags if t == "a"]
+    assert links == ["#images", *(f"#image-img{i}" for i in range(N_IMAGES)), "#methods", "#table-faithfulness",
+                     "#failures"]
+    assert {link[1:] for link in links} <= _ids(page)
+    assert "Warnings" not in " ".join(page.text) and 'id="warnings"' not in html  # nothing to warn about
+
+
+def test_cards_are_grouped_by_family_in_families_order(tmp_path: Path, run_data: dict) -> None:
+    from seewhy.core import FAMILIES
+
+    spec = zoo.get_spec("tiny_cnn")
+    model = spec.build(False).eval()
+    x = torch.stack([spec.preprocess(r.image) for r in run_data["rows"]])
+    saliency = run_data["runs"][0]
+    mystery = MethodRun("mystery", [dataclasses.replace(e, method="mystery") for e in saliency.explanations])
+    runs = [mystery, MethodRun("random_attribution", [seewhy.explain(model, x, "random_attribution")]),
+            MethodRun("gradcam", [seewhy.explain(model, x, "gradcam")]), saliency,
+            MethodRun("occlusion", [seewhy.explain(model, x, "occlusion", window=8, stride=8)])]
+    report.write_explain_report(tmp_path, run_data["rows"], runs, model={"name": "tiny_cnn"})
+    page = _parse(tmp_path / "index.html")
+    expected = [("gradient", "saliency"), ("cam", "gradcam"), ("perturbation", "occlusion"),
+                ("control", "random_attribution"), ("other", "mystery")]
+    assert [f for f, _ in expected] == sorted({f for f, _ in expected}, key=FAMILIES.index)
+    assert page.cards == [(f"img{i}", f, m) for i in range(N_IMAGES) for f, m in expected]
+    headings = [a["data-family"] for t, a in page.tags if "data-family" in a]
+    assert headings == [f for f, _ in expected] * N_IMAGES
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert [x["name"] for x in m["methods"]] == [r.name for r in runs]  # the manifest keeps the given order
+
+
+def test_attributions_are_optional(tmp_path: Path, run_data: dict) -> None:
+    _write(tmp_path, run_data)
+    assert (tmp_path / "attributions.npz").is_file()
+    _write(tmp_path, run_data, overwrite=True, save_attributions=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "manifest.json"]  # the old file is gone too
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["attributions"] is None
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "attributions.npz" not in html and "--save-attributions" in html
+    assert "were not saved" in " ".join(_parse(tmp_path / "index.html").text)
+    assert len(_cells(_parse(tmp_path / "index.html"))) == N_IMAGES * len(METHODS)
+
+
+# -- top-k targets -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def topk_data(run_data: dict) -> dict:
+    """saliency explaining each image's 3 best classes (batches of 2 + 1), and integrated_gradients for top1."""
+    spec = zoo.get_spec("tiny_cnn")
+    model = spec.build(False).eval()
+    x = torch.stack([spec.preprocess(r.image) for r in run_data["rows"]])
+    top = torch.stack([r.output for r in run_data["rows"]]).topk(3, dim=1).indices  # the classes the rows rank best
+    batches = [[seewhy.explain(model, x[sl], "saliency", target=top[sl, r].tolist()) for r in range(3)]
+               for sl in (slice(0, 2), slice(2, 3))]
+    return {"rows": run_data["rows"], "top": top, "batches": batches,
+            "runs": [MethodRun("saliency", batches, [0.3, 0.15]), run_data["runs"][1]], "failures": []}
+
+
+def test_topk_cards_show_one_map_per_class(tmp_path: Path, topk_data: dict) -> None:
+    _write(tmp_path, topk_data)
+    page = _parse(tmp_path / "index.html")
+    cells = {(c["data-image"], c["data-method"]): c for c in _cells(page)}
+    assert len(cells) == N_IMAGES * 2
+    assert {c["data-ranks"] for (_, m), c in cells.items() if m == "saliency"} == {"3"}
+    assert {c["data-ranks"] for (_, m), c in cells.items() if m == "integrated_gradients"} == {"1"}
+    ranks = [a["data-rank"] for t, a in page.tags if t == "figure" and "data-rank" in a]
+    assert ranks == (["0", "1", "2", "0"]) * N_IMAGES
+    alts = [a["alt"] for t, a in page.tags if t == "img" and a.get("alt", "").startswith("saliency heatmap for img0")]
+    top = topk_data["top"]
+    assert alts == [f"saliency heatmap for img0, class {int(top[0, r])}" for r in range(3)]
+    text = " ".join(page.text)
+    assert "#1" in text and "#3" in text and "3 classes per image" in text
+
+
+def test_topk_manifest_and_attributions(tmp_path: Path, topk_data: dict) -> None:
+    _write(tmp_path, topk_data)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    sal, ig = m["methods"]
+    assert sal["ranks"] == 3 and "ranks" not in ig
+    top = topk_data["top"]
+    for i in range(N_IMAGES):
+        records = sal["per_image"][f"img{i}"]
+        assert [r["rank"] for r in records] == [0, 1, 2]
+        assert [r["target"] for r in records] == top[i].tolist()
+        assert records[0]["prob"] >= records[1]["prob"] >= records[2]["prob"]
+        assert isinstance(ig["per_image"][f"img{i}"], dict)  # one target: the format of before
+    assert [b["images"] for b in sal["batches"]] == [["img0", "img1"], ["img2"]]
+    assert "/<rank>" in m["attributions"]["key"]
+    with np.load(tmp_path / "attributions.npz") as npz:
+        assert sorted(k for k in npz.files if k.startswith("saliency/")) == sorted(
+            f"saliency/img{i}/{r}" for i in range(N_IMAGES) for r in range(3))
+        assert "integrated_gradients/img0" in npz.files
+        second = topk_data["batches"][1][2]  # img2 is the first image of the second batch
+        assert np.array_equal(npz["saliency/img2/2"], second.attributions[0].numpy())
+
+
+def test_topk_ranks_must_cover_the_same_images(tmp_path: Path, topk_data: dict) -> None:
+    (b0, b1) = topk_data["batches"]
+    rows = topk_data["rows"]
+    one = dataclasses.replace(b0[1], attributions=b0[1].attributions[:1], scores=b0[1].scores[:1])
+    with pytest.raises(ValueError, match="class rank 1 explains 1 images, rank 0 explains 2"):
+        report.write_explain_report(tmp_path, rows, [MethodRun("saliency", [[b0[0], one], b1[:2]])],
+                                    model={"name": "m"})
+    other = dataclasses.replace(b0[1], inputs=b0[1].inputs.flip(0))
+    with pytest.raises(ValueError, match="other inputs than rank 0"):
+        report.write_explain_report(tmp_path, rows, [MethodRun("saliency", [[b0[0], other], b1[:2]])],
+                                    model={"name": "m"})
+    with pytest.raises(ValueError, match=r"\[2, 3\] class ranks"):
+        report.write_explain_report(tmp_path, rows, [MethodRun("saliency", [b0[:2], b1])], model={"name": "m"})
+    with pytest.raises(TypeError, match="Explanation or a non-empty sequence"):
+        report.write_explain_report(tmp_path, rows, [MethodRun("saliency", [[], b1])], model={"name": "m"})
+    assert not any(tmp_path.iterdir())
+
+
+# -- empty maps and warnings ---------------------------------------------------------------------------------
+
+
+def _warned(run_data: dict) -> list[MethodRun]:
+    """saliency with image 1 flagged empty (batch 0) and a warning on batch 0; integrated_gradients as is."""
+    sal, ig = run_data["runs"]
+    e0, e1 = sal.explanations
+    msg = "saliency: 1 of 2 heatmaps is empty after rectification"
+    e0 = dataclasses.replace(e0, extras={**e0.extras, "empty_heatmap": torch.tensor([False, True]), "warnings": [msg]})
+    e1 = dataclasses.replace(e1, extras={**e1.extras, "empty_heatmap": torch.tensor([False])})
+    return [MethodRun("saliency", [e0, e1], sal.seconds), ig]
+
+
+def test_empty_maps_are_flagged_on_their_cards_and_in_a_warnings_section(tmp_path: Path, run_data: dict) -> None:
+    _write(tmp_path, {**run_data, "runs": _warned(run_data)})
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    page = _parse(html)
+    flagged = [(c["data-image"], c["data-method"]) for c in _cells(page) if "empty" in c["class"].split()]
+    assert flagged == [("img1", "saliency")]
+    badges = [a for t, a in page.tags if "badge" in (a.get("class") or "").split()]
+    assert len(badges) == 1
+    card = html[html.index('id="card-img1/saliency"'):]
+    card = card[:card.index('<div class="cell', 10)]
+    assert "empty map" in card and "1 of 2 heatmaps is empty" in card
+    assert "1 of 2 heatmaps is empty" not in html[html.index('id="card-img0/saliency"'):html.index('id="card-img1')]
+    section = html[html.index('<h2 id="warnings">'):]
+    assert 'href="#card-img1/saliency"' in section and "1 of 2 heatmaps is empty" in section
+    assert 'href="#warnings"' in html[html.index('id="contents"'):html.index("</nav>")]
+    assert '<span class="num">empty heatmap' not in html and '<span class="num">warnings' not in html  # no numbers
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    sal = m["methods"][0]
+    assert sal["warnings"] == ["saliency: 1 of 2 heatmaps is empty after rectification"]
+    assert sal["empty_heatmaps"] == ["img1"]
+    assert [sal["per_image"][f"img{i}"]["empty_heatmap"] for i in range(N_IMAGES)] == [False, True, False]
+    assert all("extras" not in b or not {"warnings", "empty_heatmap"} & set(b["extras"]) for b in sal["batches"])
+    assert m["warnings"] == [{"method": "saliency", "message": sal["warnings"][0]}]
+    assert "empty_heatmap" not in m["methods"][1]["per_image"]["img0"] and m["methods"][1].get("warnings") is None
+
+
+def test_bad_empty_flags_are_rejected(tmp_path: Path, run_data: dict) -> None:
+    sal = run_data["runs"][0]
+    e0 = dataclasses.replace(sal.explanations[0], extras={"empty_heatmap": torch.tensor([True])})
+    with pytest.raises(ValueError, match=r"empty_heatmap.*shape \(2,\)"):
+        report.write_explain_report(tmp_path, run_data["rows"], [MethodRun("saliency", [e0, sal.explanations[1]])],
+                                    model={"name": "m"})
+    assert not any(tmp_path.iterdir())
