@@ -1,4 +1,5 @@
-"""Pictures out: colormaps, overlays, grids, PNG encoding and the Jupyter view of an Explanation.
+"""Pictures out: colormaps, overlays, grids, plots and PNG encoding (the views of an Explanation built on them are in
+:mod:`seewhy.views`).
 
 This is the only module (with :mod:`seewhy.images` and the report) where tensors become uint8 numpy
 arrays or PIL images. Heatmaps come in already scaled to [0, 1] by :mod:`seewhy.postprocess`; a
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import html
 import io
 import os
 import uuid
@@ -28,12 +28,12 @@ from torch import Tensor
 from .images import to_pil
 
 if TYPE_CHECKING:
-    from .core import Explanation
+
+    pass
 
 __all__ = [
     "apply_colormap",
     "data_uri",
-    "explanation_html",
     "grid",
     "heat_to_image",
     "line_plot",
@@ -122,7 +122,7 @@ def _heat2d(heat: np.ndarray | Tensor, size: tuple[int, int] | None = None, *,
     while h.ndim > 2 and h.shape[0] == 1:
         h = h[0]
     if h.ndim != 2:
-        raise ValueError(f"expected one heatmap of shape (H,W) or (1,H,W), got {tuple(np.shape(heat))}; "
+        raise ValueError(f"expected one heatmap of shape (H,W), (1,H,W) or (1,1,H,W), got {tuple(np.shape(heat))}; "
                          "pass one sample at a time, e.g. heat[i]")
     h = np.nan_to_num(h, nan=0.5 if signed else 0.0)
     if size is not None and h.shape != tuple(size):
@@ -139,24 +139,78 @@ def _as_rgb(image: np.ndarray | Image.Image, what: str = "image") -> np.ndarray:
     return np.asarray(to_pil(image))
 
 
+_IMAGE_TENSORS = "uint8 (H,W,3) or (3,H,W), or float (3,H,W) or (H,W,3) in [0, 1] (or normalised)"
+
+
+def _tensor_rgb(image: Tensor, what: str, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 (H,W,3) from one image tensor (see :func:`overlay`); ``mean``/``std`` denormalise float tensors."""
+    shape = tuple(image.shape)
+    t = image.detach().cpu()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim not in (2, 3):
+        hint = "; pass one sample at a time, e.g. x[i]" if t.ndim == 4 else ""
+        raise ValueError(f"{what} is a tensor of shape {shape}; expected one image: {_IMAGE_TENSORS}{hint}")
+    if t.dtype == torch.uint8:
+        if t.ndim == 3 and t.shape[-1] not in (1, 3, 4) and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)  # (C,H,W) as torchvision.io.read_image returns it
+        if t.ndim == 3 and t.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{what} is a uint8 tensor of shape {shape}; expected (H,W,3) (or (3,H,W), (H,W), "
+                             "(H,W,4)) with 1, 3 or 4 channels")
+        arr = t.numpy()
+        return _as_rgb(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr, what)
+    if not t.is_floating_point():
+        raise TypeError(f"{what} is a {t.dtype} tensor; pass uint8 (0-255) or float in [0, 1], "
+                        "e.g. x.float() / 255")
+    if t.ndim == 2:
+        t = t.unsqueeze(0)
+    if t.shape[0] not in (1, 3) and t.shape[-1] in (1, 3):
+        t = t.permute(2, 0, 1)  # channels last; channels first wins when both could be the channels
+    if t.shape[0] not in (1, 3):
+        raise ValueError(f"{what} is a float tensor of shape {shape}; expected (3,H,W) or (H,W,3) "
+                         "(or one channel); select the channels to show, e.g. x[:3]")
+    if mean is not None or std is not None:
+        return tensor_to_image(t, mean, std)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    if t.numel() and bool(t.min() >= 0) and bool(t.max() <= 1):  # False for NaN: min-max below zeroes them
+        arr = t.permute(1, 2, 0).numpy()
+        return _as_rgb(arr[..., 0] if arr.shape[-1] == 1 else arr, what)  # exactly as the same array would be
+    return tensor_to_image(t)  # normalised (or any range): per-image min-max
+
+
+def _to_rgb(image: np.ndarray | Image.Image | Tensor, what: str = "image", mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 (H,W,3) from an array, a PIL image or an image tensor."""
+    if isinstance(image, Tensor):
+        return _tensor_rgb(image, what, mean, std)
+    return _as_rgb(image, what)
+
+
 def _default_cmap(cmap: str | None, signed: bool) -> str:
     return cmap if cmap is not None else ("bwr" if signed else "jet")
 
 
-def overlay(image: np.ndarray, heat: np.ndarray | Tensor, *, cmap: str | None = None, alpha: float = 0.5,
-            signed: bool = False) -> np.ndarray:
+def overlay(image: np.ndarray | Image.Image | Tensor, heat: np.ndarray | Tensor, *, cmap: str | None = None,
+            alpha: float = 0.5, signed: bool = False) -> np.ndarray:
     """Blend a heatmap over an image: uint8 (H,W,3).
 
     Args:
-        image: uint8 (H,W,3) (gray and RGBA are accepted too).
-        heat: (H,W) or (1,H,W) in [0, 1]; resized bilinearly to the image when the sizes differ.
+        image: uint8 (H,W,3) array (gray and RGBA are accepted too, and floats in [0, 1]) or PIL image; or a
+            tensor: uint8 (H,W,3) (or (3,H,W)), or float (3,H,W) / (H,W,3) in [0, 1] (channels first when both
+            could be). A float tensor with values outside [0, 1] (a normalised model input) is min-max scaled
+            like :func:`tensor_to_image`; to undo the model's normalisation instead, pass
+            ``tensor_to_image(x, mean, std)``.
+        heat: (H,W), (1,H,W) or (1,1,H,W) array or tensor in [0, 1]; resized bilinearly to the image when
+            the sizes differ.
         cmap: matplotlib colormap; default ``"jet"``, or ``"bwr"`` when ``signed``.
         alpha: opacity of the colours, in [0, 1] (0: the image, 1: the colormap alone).
         signed: 0.5 means zero: the opacity is ``alpha * |2 * heat - 1|``, so zero shows the image.
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    img = _as_rgb(image)
+    img = _to_rgb(image)
     h = _heat2d(heat, img.shape[:2], signed=signed)
     colours = apply_colormap(h, _default_cmap(cmap, signed)).astype(np.float64)
     a = float(alpha) * (np.abs(2.0 * h - 1.0) if signed else np.ones_like(h))
@@ -336,66 +390,3 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# ------------------------------------------------------------------------------------- Jupyter view
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    if isinstance(value, Tensor):
-        text = f"tensor{tuple(value.shape)}" if value.numel() > 8 else repr(value.tolist())
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def explanation_html(exp: Explanation, *, max_rows: int = 16, width: int = 160) -> str:
-    """A small HTML table for ``Explanation._repr_html_``: per sample the input, the heatmap overlay,
-    the target label and its score; the method, its parameters and the heatmap steps above it.
-
-    Shows the first ``max_rows`` samples; images are displayed ``width`` pixels wide.
-    """
-    steps = exp.heatmap_steps()
-    signed = steps.get("sign") == "all"
-    heat = exp.heatmap()  # (B,1,H,W) in [0, 1]
-    n = int(heat.shape[0])
-    shown = min(n, max_rows)
-    inputs = None
-    if exp.inputs is not None and exp.inputs.ndim == 4 and exp.inputs.shape[1] in (1, 3):
-        inputs = tensor_to_image(exp.inputs[:shown])
-
-    def img(arr: np.ndarray, alt: str) -> str:
-        return (f'<img src="{data_uri(arr)}" alt="{html.escape(alt)}" '
-                f'style="width:{width}px;image-rendering:pixelated">')
-
-    esc = html.escape
-    params = ", ".join(f"{esc(str(k))}={esc(_short(v))}" for k, v in exp.params.items()) or "none"
-    step_text = ", ".join(f"{esc(str(k))}={esc(str(v))}" for k, v in steps.items() if k != "size")
-    head = f"<b>{esc(exp.method)}</b>"
-    if exp.layer:
-        head += f" at layer <code>{esc(str(exp.layer))}</code>"
-    parts = [
-        '<div class="seewhy-explanation">',
-        f"<div>{head} &mdash; {n} sample{'s' if n != 1 else ''}</div>",
-        f"<div><small>params: {params}</small></div>",
-        f"<div><small>heatmap: {step_text}</small></div>",
-        "<table>",
-        "<tr><th>#</th><th>input</th><th>heatmap</th><th>target</th><th>score</th></tr>",
-    ]
-    for i in range(shown):
-        label = exp.label(i)
-        h = heat[i, 0]
-        if inputs is not None:
-            left = img(inputs[i], f"input {i}")
-            right = img(overlay(inputs[i], h, signed=signed), f"heatmap {i}: {label}")
-        else:
-            left = ""
-            right = img(heat_to_image(h, signed=signed), f"heatmap {i}: {label}")
-        score = f"{float(exp.scores[i]):.4g}" if exp.scores is not None and exp.scores.numel() > i else ""
-        parts.append(f"<tr><td>{i}</td><td>{left}</td><td>{right}</td>"
-                     f"<td>{esc(label)}</td><td>{esc(score)}</td></tr>")
-    parts.append("</table>")
-    if shown < n:
-        parts.append(f"<div><small>... and {n - shown} more (showing {shown} of {n})</small></div>")
-    parts.append("</div>")
-    return "\n".join(parts)

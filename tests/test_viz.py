@@ -1,9 +1,8 @@
-"""Tensors to pictures: colormaps, overlays, grids, PNG encoding, the Jupyter view."""
+"""Tensors to pictures: colormaps, overlays, grids, PNG encoding."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import os
 from pathlib import Path
@@ -14,12 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import seewhy
 from seewhy.images import normalize, to_tensor
 from seewhy.viz import (
     apply_colormap,
     data_uri,
-    explanation_html,
     grid,
     heat_to_image,
     overlay,
@@ -27,7 +24,8 @@ from seewhy.viz import (
     save_png,
     tensor_to_image,
 )
-from seewhy.zoo.small import TinyCNN
+
+matplotlib.use("Agg")  # figures are drawn off screen: nothing blocks, nothing warns (pyplot is imported in tests)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -141,6 +139,53 @@ def test_signed_overlay_leaves_zero_unchanged() -> None:
     assert (red[:, :4, 0] > 200).all() and (red[:, 4:8, 2] > 200).all()
 
 
+def test_overlay_with_tensors_equals_overlay_with_arrays() -> None:
+    img, heat = _image(), _ramp()
+    expected = overlay(img, heat, alpha=0.6)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    images = {
+        "uint8 (H,W,3)": torch.from_numpy(img),
+        "uint8 (3,H,W)": chw,
+        "float (3,H,W)": chw.float() / 255,
+        "float (H,W,3)": torch.from_numpy(img).double() / 255,
+        "float (1,3,H,W)": (chw.float() / 255)[None],
+        "float16 (3,H,W)": (chw.float() / 255).half(),
+    }
+    heats = {"(H,W)": torch.from_numpy(heat), "(1,H,W)": torch.from_numpy(heat)[None],
+             "(1,1,H,W)": torch.from_numpy(heat)[None, None].float()}
+    for name, image in images.items():
+        for heat_name, h in heats.items():
+            got = overlay(image, h, alpha=0.6)
+            diff = np.abs(got.astype(int) - expected).max()
+            assert got.dtype == np.uint8 and diff <= (1 if "16" in name else 0), (name, heat_name)
+    gray = img[..., 0]
+    np.testing.assert_array_equal(overlay(torch.from_numpy(gray), heat), overlay(gray, heat))
+    np.testing.assert_array_equal(overlay(torch.from_numpy(gray).float()[None] / 255, heat), overlay(gray, heat))
+    np.testing.assert_array_equal(overlay(Image.fromarray(img), heat), overlay(img, heat))  # PIL, as before
+
+
+def test_overlay_normalised_tensor_is_min_max_scaled() -> None:
+    x = normalize(to_tensor(_image(20, 24)), MEAN, STD)  # outside [0, 1]
+    heat = torch.rand(20, 24, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(overlay(x, heat), overlay(tensor_to_image(x), heat))
+    back = overlay(tensor_to_image(x, MEAN, STD), heat)  # the documented way to undo the normalisation
+    assert back.shape == (20, 24, 3)
+
+
+def test_overlay_tensor_errors_name_the_shape() -> None:
+    heat = _ramp()
+    with pytest.raises(ValueError, match=r"\(2, 3, 12, 16\).*x\[i\]"):
+        overlay(torch.rand(2, 3, 12, 16), heat)
+    with pytest.raises(ValueError, match=r"\(5, 12, 16\).*\(3,H,W\)"):
+        overlay(torch.rand(5, 12, 16), heat)
+    with pytest.raises(ValueError, match=r"\(12, 16, 7\).*\(H,W,3\)"):
+        overlay(torch.zeros(12, 16, 7, dtype=torch.uint8), heat)
+    with pytest.raises(TypeError, match="int64.*uint8"):
+        overlay(torch.zeros(3, 12, 16, dtype=torch.long), heat)
+    with pytest.raises(ValueError, match=r"one heatmap.*\(1,1,H,W\), got \(2, 12, 16\)"):
+        overlay(_image(), torch.rand(2, 12, 16))
+
+
 # ------------------------------------------------------------------------------------ grid
 
 
@@ -210,41 +255,3 @@ def test_save_png_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(OSError, match="disk full"):
         save_png(img, tmp_path / "other.png")
     assert os.listdir(tmp_path) == ["out.png"]
-
-
-# ------------------------------------------------------------------------------------ explanation_html
-
-
-@pytest.fixture(scope="module")
-def explanation() -> seewhy.Explanation:
-    torch.manual_seed(0)
-    model = TinyCNN().eval()
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    return seewhy.explain(model, x, "saliency")
-
-
-def test_explanation_html(explanation: seewhy.Explanation) -> None:
-    page = explanation_html(explanation)
-    assert page.count("<img") == 2 * 2  # input + overlay per sample
-    assert page.count("<tr>") == 1 + 2
-    assert "saliency" in page and explanation.label(0) in page
-    assert f"{float(explanation.scores[1]):.4g}" in page
-    assert explanation._repr_html_() == page
-    no_inputs = explanation_html(dataclasses.replace(explanation, inputs=None))
-    assert no_inputs.count("<img") == 2
-    signed = dataclasses.replace(explanation, heatmap_convention={"sign": "all", "normalize": "max"})
-    assert signed.heatmap_steps()["sign"] == "all" and explanation_html(signed).count("<img") == 4
-    assert explanation_html(explanation, max_rows=1).count("<img") == 2
-
-
-def test_explanation_html_escapes(explanation: seewhy.Explanation) -> None:
-    evil = dataclasses.replace(
-        explanation,
-        method="<script>alert(1)</script>",
-        params={"note": "<u>&"},
-        layer="a<b",
-        class_names=["<i>cat</i> & dog"] * 10,
-    )
-    page = explanation_html(evil)
-    assert "<script>" not in page and "<i>" not in page and "<u>" not in page and "a<b" not in page
-    assert "&lt;script&gt;" in page and "&lt;i&gt;cat&lt;/i&gt; &amp; dog" in page
