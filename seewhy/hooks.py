@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -116,6 +117,60 @@ def replace_output(module: nn.Module, value: Tensor) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+@dataclass
+class ModuleCall:
+    """One call of a module seen by :func:`record_calls`: ``parent`` is the index of the call it happened in (None
+    for the outermost); ``arg`` the only positional argument when it is a tensor and no keyword is given (else None);
+    the ``_version`` counters say whether a tensor was changed in place since it was recorded."""
+
+    name: str
+    module: nn.Module
+    parent: int | None
+    arg: Tensor | None
+    arg_version: int
+    output: Tensor | None = None
+    output_version: int = -1
+
+
+def tensor_version(t: Tensor) -> int:
+    """``t``'s in-place version counter (-1 for an inference tensor, which has none and cannot change outside
+    inference mode)."""
+    return -1 if t.is_inference() else t._version
+
+
+@contextmanager
+def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
+    """Record every module call during forwards inside the block, in call order, with who called it and the tensors
+    it took and returned (references, not copies: keep the block to one small batch). Hooks are removed on exit."""
+    calls: list[ModuleCall] = []
+    stack: list[int] = []
+    handles = []
+
+    def make(name: str) -> tuple[Callable, Callable]:
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            arg = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Tensor) else None
+            version = tensor_version(arg) if arg is not None else -1
+            calls.append(ModuleCall(name, module, stack[-1] if stack else None, arg, version))
+            stack.append(len(calls) - 1)
+
+        def post(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            call = calls[stack.pop()]
+            if isinstance(out, Tensor):
+                call.output, call.output_version = out, tensor_version(out)
+
+        return pre, post
+
+    try:
+        for name, m in model.named_modules():
+            pre, post = make(name)
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -269,7 +269,7 @@ def test_ablationcam_tail_and_full_forward_agree_with_the_definition() -> None:
     x = _x(seed=2)
     targets = torch.tensor([0, 2, 4])
     tail = seewhy.explain(seq, x, "ablationcam", target=targets, layer="0.2", batch_size=5)
-    full = seewhy.explain(_Seq(seq), x, "ablationcam", target=targets, layer="net.0.2", batch_size=3)
+    full = seewhy.explain(_Seq(seq), x, "ablationcam", target=targets, layer="net.0.2", batch_size=3, split=False)
     assert tail.extras["ablation_path"] == "tail" and full.extras["ablation_path"] == "forward"
     torch.testing.assert_close(tail.attributions, full.attributions)
     a = seq[0](x)
@@ -287,7 +287,7 @@ def test_ablationcam_with_a_user_head() -> None:
     model, x = build("tiny_cnn").double(), _x()
     head = lambda a: model.fc(model.pool(a).flatten(1))  # noqa: E731
     fast = seewhy.explain(model, x, "ablationcam", target=[1, 2, 3], layer="features", head=head)
-    slow = seewhy.explain(model, x, "ablationcam", target=[1, 2, 3], layer="features")
+    slow = seewhy.explain(model, x, "ablationcam", target=[1, 2, 3], layer="features", split=False)
     assert (fast.extras["ablation_path"], slow.extras["ablation_path"]) == ("tail", "forward")
     torch.testing.assert_close(fast.attributions, slow.attributions)
     with pytest.raises(ValueError, match="does not reproduce"):
@@ -343,7 +343,7 @@ def test_token_models_with_reshape() -> None:
         assert _attr(model, x, name, 2, layer="blocks.0", reshape=True).shape == (3, 1, 4, 4), name
     head = lambda t: model.head(model.norm(model.blocks[1](t)[:, 0]))  # noqa: E731
     fast = seewhy.explain(model, x, "ablationcam", target=2, layer="blocks.0", reshape=True, head=head)
-    slow = seewhy.explain(model, x, "ablationcam", target=2, layer="blocks.0", reshape=1)
+    slow = seewhy.explain(model, x, "ablationcam", target=2, layer="blocks.0", reshape=1, split=False)
     assert fast.extras["ablation_path"] == "tail" and slow.extras["ablation_path"] == "forward"
     torch.testing.assert_close(fast.attributions, slow.attributions)
     with pytest.raises(ValueError, match="reshape=True"):

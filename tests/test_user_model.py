@@ -1,0 +1,38 @@
+"""The user-style EfficientNet-Lite0 of examples/user_efficientnet.py: same weights, same logits as the zoo model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+import seewhy
+import seewhy.zoo
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "user_efficientnet.py"
+
+
+def load_example() -> ModuleType:
+    """examples/user_efficientnet.py as a module (examples is not a package)."""
+    spec = importlib.util.spec_from_file_location("user_efficientnet", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_user_efficientnet_matches_the_zoo_model() -> None:
+    user_model = load_example().build(pretrained=True)
+    zoo_model = seewhy.zoo.load("efficientnet_lite0")
+    spec = seewhy.zoo.get_spec("efficientnet_lite0")
+    x = spec.preprocess(seewhy.images.bundled_image("chelsea"))[None]
+    assert not user_model.training
+    assert not hasattr(user_model, "forward_head") and not hasattr(user_model, "head_layer")
+    with torch.no_grad():
+        ours, theirs = user_model(x), zoo_model(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert int(ours.argmax()) == int(theirs.argmax()) == 282  # tiger cat
+    odd = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))  # "SAME" padding at any size
+    with torch.no_grad():
+        torch.testing.assert_close(user_model(odd), zoo_model(odd), rtol=1e-4, atol=1e-4)
