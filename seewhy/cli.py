@@ -2,23 +2,25 @@
 
 ::
 
-    seewhy explain IMAGE... --model NAME|SPEC [--weights FILE] [--method m1,m2] [--target top1|N|name]
+    seewhy explain IMAGE... --model NAME|SPEC [--weights FILE] [--method m1,m2] [--target top1|top3|N|name]
                    [--layer NAME] [--batch-size N] [--set METHOD.PARAM=VALUE ...] [--seed N]
-                   --out DIR [--overwrite] [--device cpu|cuda[:i]]
+                   --out DIR [--overwrite] [--save-attributions] [--device cpu|cuda[:i]]
     seewhy demo --out DIR [--overwrite] [--method ...]     # bundled photos, efficientnet_lite0
     seewhy evaluate IMAGE... --model NAME|SPEC [--method m1,m2] [--metric x,y] [--masks PNG... | --boxes FILE]
                    [--labels FILE] [--no-controls] [--grid-images N] [--set NAME.PARAM=VALUE ...] --out DIR
     seewhy protopnet train DATA_DIR --out RUN_DIR [--backbone NAME] [--epochs N] ...
     seewhy protopnet explain RUN_DIR IMAGE... --out DIR [--target top1|N|NAME] [--top-k K]
     seewhy protopnet prototypes RUN_DIR --out DIR [--k K]
-    seewhy methods                                         # registered methods
-    seewhy metrics                                         # registered metrics
+    seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
+    seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
 
-Exit codes: 0 success (some inputs may have been skipped, see stderr and the report), 1 nothing to
-report (no image could be loaded, or every method failed), 2 usage error (unknown method, model, layer
-or parameter, bad target, non-empty output folder without ``--overwrite``). Diagnostics go to stderr
-through :mod:`logging`; stdout gets only the path of the written report.
+Exit codes (:data:`EXIT_CODES`): 0 success; 1 nothing to report (no image could be loaded, or every method
+failed); 2 usage error (unknown method, model, layer or parameter, bad target, non-empty output folder without
+``--overwrite``); 3 the report was written but some inputs, methods or metrics failed (its Failures section says
+which); 130 interrupted. Before a run, ``explain``, ``demo`` and ``evaluate`` say what each method and metric will
+cost; during it, a bar on a terminal or one log line per finished step otherwise (``-q``: neither). Diagnostics go to
+stderr through :mod:`logging`; stdout gets only the path of the written report.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import __version__, images, report, zoo
+from . import __version__, estimate, images, report, zoo
 from .argtypes import device as _device
 from .argtypes import positive_int
-from .core import METHODS, explain, get_method, seeded
+from .core import FAMILIES, METHODS, explain, get_method, seeded
 from .hooks import model_state
 from .layers import resolve_layer
-from .targets import make_target
+from .progress import format_seconds, progress, set_progress
+from .targets import make_target, parse_topk
 
 log = logging.getLogger("seewhy")
 
@@ -65,6 +68,17 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 DEMO_SKIP = ("scorecam",)
 
 
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_NOTHING: "nothing to report: no input could be used, or every method failed",
+    EXIT_USAGE: "usage error: unknown method, model, layer, parameter or class; bad target; output folder not empty",
+    EXIT_PARTIAL: "the report was written, but some inputs, methods or metrics failed (see its Failures section)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); no report was written",
+}
+EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+
+
 class UsageError(ValueError):
     """A bad command line: printed as one line, exit code 2."""
 
@@ -75,22 +89,26 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, methods, models)."""
     parser = argparse.ArgumentParser(
-        prog="seewhy", description="See why a computer-vision model made a decision."
+        prog="seewhy", description="See why a computer-vision model made a decision.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     verbosity = common.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="debug logging, tracebacks on errors; full details in listings")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="warnings and errors only: no cost estimate, no progress bar or progress lines")
 
     methods = ", ".join(METHODS)
     run = argparse.ArgumentParser(add_help=False, parents=[common])
     run.add_argument("--method", action="append", metavar="M1,M2",
                      help="methods to run, comma-separated or repeated (default: all, which leaves out the controls "
                           f"and model-specific methods such as protopnet: name those). Registered: {methods}")
-    run.add_argument("--target", default="top1", metavar="top1|N|NAME",
-                     help="what to explain: the predicted class (top1, default), a class index or a class name")
+    run.add_argument("--target", default="top1", metavar="top1|topK|N|NAME",
+                     help="what to explain: the predicted class (top1, default), the K best classes of each image "
+                          "(top3: three maps per method and image), a class index or a class name")
     run.add_argument("--layer", metavar="NAME",
                      help="layer for the methods that take one (a name from model.named_modules(); "
                           "default: the model's CAM layer)")
@@ -103,10 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed for the methods that draw random numbers (default: 0)")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder for the report")
     run.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    run.add_argument("--save-attributions", action="store_true",
+                     help="also write the raw signed attributions as attributions.npz (default: not written)")
     run.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    epilog = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
     p = sub.add_parser("explain", parents=[run], help="explain a model's decisions on image files",
-                       description="Explain a model's decisions on image files and write an HTML report.")
+                       description="Explain a model's decisions on image files and write an HTML report.", **epilog)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, metavar="NAME|SPEC",
                    help=f"a zoo model ({', '.join(zoo.MODELS)}), path/file.py:factory, "
@@ -119,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"({', '.join(images.BUNDLED)}) with every registered method but the "
                                    f"slowest ({', '.join(DEMO_SKIP)}; add them with --method all), with "
                                    "lighter settings (see --set): " + ", ".join(
-                                       f"{m}.{k}={v}" for m, kv in DEMO_SETTINGS.items() for k, v in kv.items()))
+                                       f"{m}.{k}={v}" for m, kv in DEMO_SETTINGS.items() for k, v in kv.items()),
+                       **epilog)
     p.set_defaults(func=_cmd_demo)
 
     from .evaluate import DEFAULT_METRICS
@@ -129,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Explain image files with each method (and two controls that ignore the "
                                    "model), score every explanation with the metrics, and write an HTML report "
                                    "with a leaderboard, curves, the cascading-randomization grid, and the numbers "
-                                   "as results.csv / results.json. --set takes METHOD.PARAM or METRIC.PARAM.")
+                                   "as results.csv / results.json. --set takes METHOD.PARAM or METRIC.PARAM.",
+                       **epilog)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, metavar="NAME|SPEC", help="as for seewhy explain")
     p.add_argument("--weights", metavar="FILE", help="a state-dict file to load into the model")
@@ -150,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images shown in the randomization grid (default: 1)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("methods", parents=[common], help="list the registered attribution methods")
+    p = sub.add_parser("methods", parents=[common], help="list the registered attribution methods",
+                       description="The registered methods by family, with their cost per image; -v adds the full "
+                                   "description and every parameter with its default.")
     p.set_defaults(func=_cmd_methods)
-    p = sub.add_parser("metrics", parents=[common], help="list the registered evaluation metrics")
+    p = sub.add_parser("metrics", parents=[common], help="list the registered evaluation metrics",
+                       description="The registered metrics: family, direction, cost per image and method, and what "
+                                   "they need besides the image and the map; -v adds the description and parameters.")
     p.set_defaults(func=_cmd_metrics)
     p = sub.add_parser("models", parents=[common], help="list the zoo models")
     p.set_defaults(func=_cmd_models)
@@ -175,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("seewhy: %(message)s"))
+    handler.setFormatter(_Formatter())
     saved = log.level, log.propagate
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    shown = set_progress(False) if args.quiet else None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
@@ -188,40 +216,108 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.exception("error")
         print(f"seewhy: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("seewhy: interrupted; no report was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
+        if args.quiet:
+            set_progress(shown)
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
 
 
+class _Formatter(logging.Formatter):
+    """``seewhy: message``, with ``warning:`` / ``error:`` before warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+        return f"seewhy: {level.get(record.levelno, '')}{super().format(record)}"
+
+
 def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-    log.warning("warning: %s", message)
+    log.warning("%s", message)
 
 
 # -- subcommands ---------------------------------------------------------------------------------------
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
+    rows = sorted(METHODS.items(), key=lambda kv: FAMILIES.index(kv[1].family) if kv[1].family in FAMILIES
+                  else len(FAMILIES))
     width = max(map(len, METHODS), default=0)
-    for name, cls in METHODS.items():
-        print(f"{name:<{width}}  {_summary(cls)}")
-    return 0
+    family = None
+    for name, cls in rows:
+        method = cls()
+        cost = method.cost()
+        if cls.family != family:
+            family = cls.family
+            print(f"{'' if not args.verbose and name == rows[0][0] else chr(10)}{family}")
+        if not args.verbose:
+            print(f"  {name:<{width}}  {cost.describe():<34}  {_summary(cls, 90)}")
+            continue
+        print(f"  {name}  ({cls.__name__}; {cls.kind} attributions{'' if cls.in_all else '; run only when named'})")
+        print(f"    cost per image: {cost.describe()}"
+              + (f"; lower it with --set {name}.{cost.lower}=..." if cost.lower else ""))
+        for line in (inspect.getdoc(cls) or "").splitlines():
+            print(f"    {line}".rstrip())
+        fields = dataclasses.fields(cls)
+        if fields:
+            print("    parameters:")
+            for f in fields:
+                print(f"      {f.name} = {_default(f)}")
+    return EXIT_OK
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return repr(f.default_factory())  # type: ignore[misc]
+    return "(required)"
+
+
+NEEDS = {"mask": "object masks (--masks/--boxes)", "method": "re-runs the method"}
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
+    from .evaluate import cost_unit
     from .metrics import METRICS
 
-    width = max(map(len, METRICS), default=0)
-    for name in sorted(METRICS):
+    rows = []
+    for name in sorted(METRICS, key=lambda n: (METRICS[n].family, n)):
         spec = METRICS[name]
         arrow = {True: "higher", False: "lower", None: "-"}[spec.higher_is_better]
-        print(f"{name:<{width}}  {spec.family:<12}  {arrow:<6}  {_summary(spec.fn)}")
-    return 0
+        n = int(spec.cost({"input_size": (224, 224)}))
+        cost = f"{n} {cost_unit(name).replace('explanations', 'explanation' if n == 1 else 'explanations')}" \
+            if n else "none"
+        if name == "model_randomization":
+            cost = "1 explanation per layer group"
+        rows.append((spec, (name, spec.family, arrow, cost, ", ".join(NEEDS.get(x, x) for x in spec.needs) or "-")))
+    if not args.verbose:
+        head = ("metric", "family", "better", "cost per image (224x224)", "needs")
+        widths = [max(len(c) for c in col) for col in zip(head, *(cells for _, cells in rows), strict=True)]
+        for spec, cells in [(None, head), *rows]:
+            what = "what" if spec is None else _summary(spec.fn, 70)
+            print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + what)
+        return EXIT_OK
+    for spec, (name, family, arrow, cost, needs) in rows:
+        print(f"{name}  ({family}; {arrow} is better)")
+        print(f"    cost per image and method: {cost} (at 224x224 with the default settings)")
+        print(f"    needs: {needs}")
+        for line in (inspect.getdoc(spec.fn) or "").splitlines():
+            print(f"    {line}".rstrip())
+        params = [p for p in inspect.signature(spec.fn).parameters.values()
+                  if p.name not in ("model", "inputs", "attributions", "target", "kwargs")]
+        if params:
+            print("    parameters:")
+            for p in params:
+                default = "(required)" if p.default is inspect.Parameter.empty else repr(p.default)
+                print(f"      {p.name} = {default}")
+        print()
+    return EXIT_OK
 
 
 def _summary(cls: type, limit: int = 100) -> str:
@@ -317,7 +413,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, spec = zoo.load_model(args.model, args.weights)
     model = model.to(device)
     class_names = getattr(model, "class_names", None)
-    make_target(args.target, 1, class_names)
+    if _check_target(args.target, class_names) > 1:
+        raise UsageError(f"--target {args.target}: evaluate scores one explanation per image; use top1, a class index "
+                         "or a class name (seewhy explain takes topK)")
     _layers(args, model, spec, methods, params)
     loaded, failures = images.load_images(args.images)
     for path, reason in failures:
@@ -327,7 +425,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     failures = [*failures, *failed]
     if not rows:
         log.error("none of the %d input(s) could be used; nothing to evaluate", len(args.images))
-        return 1
+        return EXIT_NOTHING
     used = {r.source for r in rows}
     kept = [(path, img) for path, img in loaded if str(path) in used]
     x = torch.stack(inputs).to(device)
@@ -363,7 +461,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       controls=not args.no_controls, batch_size=args.batch_size, seed=args.seed)
     if not result.explanations:
         log.error("every method failed; no report written")
-        return 1
+        return EXIT_NOTHING
     path = write_evaluation_report(
         args.out, rows, result, model={"name": spec.name, "description": spec.description, "spec": args.model,
                                        "weights": args.weights or ("pretrained" if spec.has_weights else "none")},
@@ -371,12 +469,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         preprocessing={"resize": spec.resize, "crop": spec.crop, "mean": list(spec.mean), "std": list(spec.std)},
         failures=failures, settings={"device": str(device), "batch_size": args.batch_size, "seed": args.seed,
                                      "metric_settings": metric_params},
-        command=["seewhy", *args.argv], overwrite=args.overwrite,
+        command=["seewhy", *args.argv], overwrite=args.overwrite, save_attributions=args.save_attributions,
     )
     log.info("%d image(s) x %d method(s) x %d metric(s); %d input(s) skipped", len(rows), len(result.explanations),
              len(metrics), len(failures))
     print(path)
-    return 0
+    return _exit_code(failures, list(result.errors))
 
 
 def _key(path: Any, table: dict[str, Any]) -> str | None:
@@ -493,10 +591,11 @@ def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, 
          named: list[tuple[str, str, Any]], failures: list[tuple[str, str]], methods: list[str],
          params: dict[str, dict[str, Any]], device: torch.device, *, n_inputs: int,
          notes: dict[str, Any] | None = None) -> int:
-    """Preprocess, predict, explain each method over the image batches (timed), write the report."""
+    """Preprocess, predict, estimate the cost, explain each method over the image batches (timed, with progress),
+    write the report; the exit code says whether anything failed."""
     model = model.to(device)
     class_names = getattr(model, "class_names", None)
-    make_target(args.target, 1, class_names)  # a bad class name fails here, before any work
+    _check_target(args.target, class_names)  # a bad class name fails here, before any work
     _layers(args, model, spec, methods, params)
 
     rows, inputs, failed = _prepare(named, spec)
@@ -504,16 +603,17 @@ def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, 
     if not rows:
         log.error("none of the %d input(s) could be used; nothing to explain (see the messages above)",
                   n_inputs)
-        return 1
+        return EXIT_NOTHING
     batches = _batches(inputs, args.batch_size, device)
     output = _predict(model, batches, args.target, class_names)
     if output is not None:
         rows = [dataclasses.replace(r, output=output[i]) for i, r in enumerate(rows)]
+    _log_estimate(model, batches[0], methods, params, len(rows), args.target)
 
     runs = _explain_all(model, batches, methods, params, args.target)
     if not any(r.ok for r in runs):
         log.error("every method failed; no report written")
-        return 1
+        return EXIT_NOTHING
 
     path = report.write_explain_report(
         args.out, rows, runs, model=model_info, target=args.target,
@@ -522,13 +622,47 @@ def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, 
         failures=failures, class_names=class_names,
         settings={"device": str(device), "batch_size": args.batch_size, "seed": args.seed, **(notes or {})},
         command=["seewhy", *args.argv], title=f"seewhy {args.command}", overwrite=args.overwrite,
+        save_attributions=args.save_attributions,
     )
     ok = sum(r.ok for r in runs)
-    log.info("%d image(s) x %d method(s) in %.1f s; %d input(s) skipped%s", len(rows), ok,
-             sum(sum(r.seconds) for r in runs), len(failures),
+    log.info("%d image(s) x %d method(s) in %s; %d input(s) skipped%s", len(rows), ok,
+             format_seconds(sum(sum(r.seconds) for r in runs)), len(failures),
              f"; {len(runs) - ok} method(s) failed" if ok < len(runs) else "")
     print(path)
-    return 0
+    return _exit_code(failures, [r.name for r in runs if not r.ok])
+
+
+def _exit_code(failed_inputs: Sequence[Any], failed_steps: Sequence[str]) -> int:
+    """0 when everything worked, else 3 (the report is written; its Failures section lists what failed)."""
+    if not failed_inputs and not failed_steps:
+        return EXIT_OK
+    what = [f"{len(failed_inputs)} input(s)" if failed_inputs else "", ", ".join(failed_steps)]
+    log.warning("finished with failures (%s): exit code %d", "; ".join(w for w in what if w), EXIT_PARTIAL)
+    return EXIT_PARTIAL
+
+
+def _check_target(target: str, class_names: Sequence[str] | None) -> int:
+    """Check a --target before any work; returns the number of classes explained per image (k of topk, else 1)."""
+    k = parse_topk(target)
+    if k is not None:
+        return k
+    make_target(target, 1, class_names)
+    return 1
+
+
+def _log_estimate(model: torch.nn.Module, x: Tensor, methods: list[str], params: dict[str, dict[str, Any]],
+                  n_images: int, target: str) -> estimate.Timing | None:
+    """Say what the run will cost, per method and image, before it starts (skipped with -q)."""
+    if not log.isEnabledFor(logging.INFO):
+        return None
+    timing = estimate.time_model(model, x)
+    k = parse_topk(target) or 1
+    log.info("cost per image (%s):", estimate.describe_timing(timing))
+    total = estimate.log_estimates(estimate.estimate_methods(model, x, methods, params, timing), n_images,
+                                   repeat=k)
+    log.info("about %s in all for %d image(s)%s", format_seconds(total), n_images,
+             f", {k} classes each" if k > 1 else "")
+    return timing
 
 
 def _prepare(named: list[tuple[str, str, Any]], spec: zoo.ModelSpec
@@ -552,32 +686,37 @@ def _prepare(named: list[tuple[str, str, Any]], spec: zoo.ModelSpec
 def _predict(model: torch.nn.Module, batches: list[Tensor], target: str,
              class_names: Sequence[str] | None) -> Tensor | None:
     """The model's outputs (N,K) on the CPU (None if not class scores); checks the target against them."""
+    k = parse_topk(target)
     outputs = []
-    with torch.no_grad():
+    with model_state(model), torch.no_grad():
         for x in batches:
             out = model(x)
-            make_target(target, x.shape[0], class_names).resolve(out).score(out)  # e.g. index out of range
+            if k is None:
+                make_target(target, x.shape[0], class_names).resolve(out).score(out)  # e.g. index out of range
+            elif out.ndim != 2 or out.shape[1] < k:
+                raise UsageError(f"--target {target} needs at least {k} class scores per image; the model returns "
+                                 f"{tuple(out.shape)}")
             outputs.append(out.detach().cpu())
     return torch.cat(outputs) if all(o.ndim == 2 for o in outputs) else None
 
 
 def _explain_all(model: torch.nn.Module, batches: list[Tensor], methods: list[str],
                  params: dict[str, dict[str, Any]], target: str) -> list[report.MethodRun]:
-    """Run every method over every batch, timing each call; a method that fails is recorded and skipped."""
-    from tqdm import tqdm
-
+    """Run every method over every batch, timing each call; a method that fails is recorded and skipped. A bar on a
+    terminal, one log line per finished (method, batch) otherwise."""
     runs: list[report.MethodRun] = []
-    with tqdm(total=len(methods) * len(batches), desc="explaining", unit="batch", file=sys.stderr,
-              disable=None, dynamic_ncols=True) as bar:
+    with progress(len(methods) * len(batches), "explaining", "batches", delay=0) as bar:
         for m in methods:
-            bar.set_postfix_str(m)
+            bar.set_postfix(m)
             exps, seconds = [], []
             try:
-                for x in batches:
+                for b, x in enumerate(batches):
                     t0 = time.perf_counter()
                     exps.append(explain(model, x, m, target=target, **params[m]))
                     seconds.append(time.perf_counter() - t0)
                     bar.update()
+                    bar.done("%s: batch %d/%d (%d image(s)) in %s", m, b + 1, len(batches), x.shape[0],
+                             format_seconds(seconds[-1]))
             except Exception as err:  # one broken method must not lose the others' results
                 log.debug("method %s failed", m, exc_info=True)
                 log.error("method %s failed: %s: %s", m, type(err).__name__, err)
@@ -585,7 +724,6 @@ def _explain_all(model: torch.nn.Module, batches: list[Tensor], methods: list[st
                 bar.update(len(batches) - len(exps))
                 continue
             runs.append(report.MethodRun(m, exps, seconds))
-            log.debug("%s: %.2f s", m, sum(seconds))
     return runs
 
 

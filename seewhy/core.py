@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,7 +14,9 @@ from torch import Tensor, nn
 
 from . import postprocess
 from .hooks import model_state
-from .targets import Target, TargetSpec, make_target
+from .targets import Target, TargetSpec, make_target, parse_topk
+
+log = logging.getLogger("seewhy")
 
 METHODS: dict[str, type[Method]] = {}
 #: method families in the order listings and reports show them
@@ -109,6 +112,7 @@ class Cost:
     tail: bool = False
     tail_fraction: float | None = None
     lower: str | None = None
+    note: str = ""
 
     def evaluations(self, channels: int | None = None) -> float | None:
         """Model evaluations per image (None when it depends on an unknown channel count)."""
@@ -122,15 +126,18 @@ class Cost:
         if self.backwards:
             parts.append(f"{_count(self.backwards)} forward+backward")
         fwd = self.forwards
-        if self.per_channel and channels is not None:
+        if self.per_channel and channels is not None and not self.tail:
             fwd += self.per_channel * channels
         if self.per_channel and channels is None:
             k = "K" if self.per_channel == 1 else f"{_count(self.per_channel)} K"
             what = "tail forward" if self.tail else "forward"
             parts.append(f"{k}{f' + {_count(fwd)}' if fwd else ''} {what} (K: channels at the layer)")
-        elif fwd or not parts:
-            parts.append(f"{_count(fwd)} {'tail ' if self.tail and self.per_channel else ''}forward")
-        return " + ".join(parts)
+        elif fwd:
+            parts.append(f"{_count(fwd)} forward")
+        if self.per_channel and channels is not None and self.tail:
+            parts.append(f"{_count(self.per_channel * channels)} tail forward (of the model after the layer)")
+        text = " + ".join(parts) or "no model evaluation"
+        return f"{text} ({self.note})" if self.note else text
 
     def seconds(self, forward: float, forward_backward: float, channels: int | None = None) -> float | None:
         """Estimated seconds per image from the measured seconds of one ``forward`` and one ``forward_backward``."""
@@ -174,6 +181,15 @@ class Method:
         Without a model the answer comes from the hyperparameters alone (for listings); given ``model`` and one
         image ``inputs`` (1,C,H,W), a method may refine it (e.g. time the part of the model it re-runs)."""
         return Cost(backwards=1)
+
+    def lighter(self, factor: float) -> dict[str, Any]:
+        """Hyperparameters that cut the cost of a call by about ``factor`` (< 1), for the hint printed when a method
+        is estimated to be slow: the count named by ``cost().lower`` scaled down (empty when nothing lowers it)."""
+        name = self.cost().lower
+        value = getattr(self, name, None) if name else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            return {}
+        return {name: max(1, int(value * factor))}
 
     def run(
         self, model: nn.Module, inputs: Tensor, target: TargetSpec = None, *, class_names: Sequence[str] | None = None
@@ -270,8 +286,84 @@ class Explanation:
         t = int(self.targets[i])
         return f"{t} {self.class_names[t]}" if self.class_names and t < len(self.class_names) else str(t)
 
+    def overlay(self, i: int | Sequence[int] | None = None, *, size: int | tuple[int, int] | None = None,
+                cmap: str | None = None, alpha: float = 0.5, images: Any = None, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, **heatmap_overrides: Any) -> Any:
+        """uint8 numpy overlays of the heatmap (by the method's convention; signed maps in a signed colormap) on the
+        inputs, or on ``images`` (one per sample): (B,H,W,3), or (H,W,3) for one index ``i``.
+
+        ``mean``/``std`` denormalise the inputs for display (else each is min-max scaled); without inputs or
+        ``images``, the colormapped heatmaps alone. See :func:`seewhy.views.explanation_overlays`.
+        """
+        from .views import explanation_overlays
+
+        return explanation_overlays(self, i, size=size, cmap=cmap, alpha=alpha, images=images, mean=mean, std=std,
+                                    **heatmap_overrides)
+
+    def save(self, path: Any, *, size: int | tuple[int, int] | None = None, cmap: str | None = None,
+             alpha: float = 0.5, images: Any = None, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None, **heatmap_overrides: Any) -> Any:
+        """Write one overlay PNG per image (atomically) and return the list of ``pathlib.Path`` written.
+
+        One image: exactly ``path`` (``.png`` added without a suffix); more: ``<stem>-0.png``, ``<stem>-1.png``...;
+        a folder (existing, or ending with a separator): ``<method>-<i>.png`` in it. Other arguments as in
+        :meth:`overlay`; see :func:`seewhy.views.save_explanation`.
+        """
+        from .views import save_explanation
+
+        return save_explanation(self, path, size=size, cmap=cmap, alpha=alpha, images=images, mean=mean, std=std,
+                                **heatmap_overrides)
+
+    def show(self, i: int | Sequence[int] | None = None, *, cols: int = 2, max_images: int = 16,
+             size: int | tuple[int, int] | None = None, cmap: str | None = None, alpha: float = 0.5,
+             images: Any = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+             figsize: tuple[float, float] | None = None, block: bool | None = None, **heatmap_overrides: Any) -> Any:
+        """A ``matplotlib.figure.Figure``: per image the input, the overlay titled with label and score, and a
+        colourbar; the method and layer on top; at most ``max_images`` images, ``cols`` per row.
+
+        Shows once in Jupyter; opens a window in scripts (``plt.show(block=block)``); under Agg and other file
+        backends it only returns the figure (no blocking, no warning). See :func:`seewhy.views.explanation_figure`.
+        """
+        from .views import explanation_figure
+
+        return explanation_figure(self, i, cols=cols, max_images=max_images, size=size, cmap=cmap, alpha=alpha,
+                                  images=images, mean=mean, std=std, figsize=figsize, block=block,
+                                  **heatmap_overrides)
+
+    def __repr__(self) -> str:
+        """One line: method, layer, the attributions' shape/dtype/device, the first targets and scores."""
+
+        def first(items: list[str], n: int) -> str:
+            more = f", ... {n - len(items)} more" if n > len(items) else ""
+            return f"[{', '.join(items)}{more}]"
+
+        def count(t: Any) -> int:
+            return int(t.numel()) if isinstance(t, Tensor) else len(t)
+
+        a = self.attributions
+        shape = (f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')} {a.device}" if isinstance(a, Tensor)
+                 else type(a).__name__)
+        parts = [f"method={self.method!r}"] + ([f"layer={self.layer!r}"] if self.layer is not None else [])
+        parts.append(f"attributions={shape}")
+        if self.targets is None:
+            parts.append("targets=custom")
+        else:
+            n = count(self.targets)
+            names = self.class_names
+            items = []
+            for t in torch.as_tensor(self.targets).flatten()[: n if n <= 5 else 4].tolist():
+                name = str(names[t]) if names is not None and 0 <= t < len(names) else None
+                name = name if name is None or len(name) <= 30 else name[:27] + "..."
+                items.append(f"{t} {name!r}" if name is not None else str(t))
+            parts.append(f"targets={first(items, n)}")
+        if self.scores is not None:
+            n = count(self.scores)
+            values = torch.as_tensor(self.scores).flatten()[: n if n <= 5 else 4].tolist()
+            parts.append(f"scores={first([f'{float(v):.3g}' for v in values], n)}")
+        return f"Explanation({', '.join(parts)})"
+
     def _repr_html_(self) -> str:
-        from .viz import explanation_html
+        from .views import explanation_html
 
         return explanation_html(self)
 
@@ -283,38 +375,41 @@ def explain(
     target: TargetSpec = None,
     layer: str | nn.Module | None = None,
     batch_size: int | None = None,
+    *,
+    topk: int | None = None,
     **params: Any,
-) -> Explanation:
+) -> Explanation | list[Explanation]:
     """Explain ``model``'s decision on ``inputs`` with a registered method.
 
     Args:
         model: any ``nn.Module`` returning (B, K) scores (or any output, with a callable target).
         inputs: float (B,C,H,W), or (C,H,W) for one image, on the model's device.
         method: a registered name (see :func:`list_methods`) or a configured :class:`Method`.
-        target: None/"top1", an int, one int per sample, a class name, or a callable ``f(output) -> (B,)``.
+        target: None/"top1", an int, one int per sample, a class name, a callable ``f(output) -> (B,)``, or
+            ``"topk"`` such as ``"top3"``: the k best classes of each image (a list of k explanations).
         layer: dotted module name or module, for methods that work at a layer.
         batch_size: how many expanded inputs go through the model at once (results do not depend on it).
+        topk: explain the ``topk`` best classes of each image, one :class:`Explanation` per rank (rank 0: the
+            predicted class), returned as a list; the same as ``target="top<k>"``. Perturbation methods share their
+            forward passes across the k classes.
         **params: the method's hyperparameters.
+
+    A map that a ReLU empties (the heatmap of a method whose convention keeps the positive part, for an image whose
+    raw map is negative, or nearly) is flagged in ``extras["empty_heatmap"]`` (B,) and ``extras["warnings"]``, and
+    logged, with what to do instead.
     """
-    if isinstance(method, Method):
-        if params or layer is not None or batch_size is not None:
-            raise ValueError("pass hyperparameters either in the Method object or as keywords, not both")
-        m = method
-    else:
-        extra = {k: v for k, v in (("layer", layer), ("batch_size", batch_size)) if v is not None}
-        fields = {f.name for f in dataclasses.fields(METHODS[method])} if method in METHODS else None
-        for key in extra:
-            if fields is not None and key not in fields:
-                raise ValueError(f"method {method!r} takes no {key}= parameter")
-        m = get_method(method, **extra, **params)
+    m = _method(method, layer, batch_size, params)
     inputs = check_inputs(inputs)
+    k = _topk(target, topk)
+    if k is not None:
+        return _explain_topk(model, inputs, m, k)
     attr, call = m.run(model, inputs, target)
     if call.output is None:
         with torch.inference_mode(False), model_state(model):
             call.ensure_target(model, inputs)
     scores = call.target.score(call.output).detach()
     layer_name = call.extras.pop("layer", None)
-    return Explanation(
+    exp = Explanation(
         attributions=attr.detach(),
         targets=call.target.indices,
         scores=scores,
@@ -327,3 +422,116 @@ def explain(
         class_names=getattr(model, "class_names", None),
         inputs=inputs.detach(),
     )
+    flag_empty_heatmaps(exp, model)
+    return exp
+
+
+def _method(method: str | Method, layer: Any, batch_size: int | None, params: dict[str, Any]) -> Method:
+    if isinstance(method, Method):
+        if params or layer is not None or batch_size is not None:
+            raise ValueError("pass hyperparameters either in the Method object or as keywords, not both")
+        return method
+    extra = {k: v for k, v in (("layer", layer), ("batch_size", batch_size)) if v is not None}
+    fields = {f.name for f in dataclasses.fields(METHODS[method])} if method in METHODS else None
+    for key in extra:
+        if fields is not None and key not in fields:
+            raise ValueError(f"method {method!r} takes no {key}= parameter")
+    return get_method(method, **extra, **params)
+
+
+def _topk(target: TargetSpec, topk: int | None) -> int | None:
+    """k for ``topk=k`` or a ``"top<k>"`` target with k > 1; None for a single target."""
+    k = parse_topk(target) if isinstance(target, str) else None
+    if topk is not None:
+        if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+            raise ValueError(f"topk must be a positive int, got {topk!r}")
+        if target is not None and (k is None or k != topk) and not (isinstance(target, str) and k == 1):
+            raise ValueError(f"give either topk={topk} or target={target!r}, not both")
+        return topk
+    return k if k is not None and k > 1 else None
+
+
+def _explain_topk(model: nn.Module, inputs: Tensor, m: Method, k: int) -> list[Explanation]:
+    """One explanation per rank of the ``k`` best classes of each image (perturbation methods share forwards)."""
+    with torch.inference_mode(False), model_state(model), torch.no_grad():
+        output = model(inputs)
+    if not isinstance(output, Tensor) or output.ndim != 2:
+        raise ValueError(f"target='top{k}' needs class scores (B, K) from the model; got "
+                         f"{getattr(output, 'shape', type(output).__name__)}")
+    if k > output.shape[1]:
+        raise ValueError(f"target='top{k}' asks for {k} classes, but the model has {output.shape[1]}")
+    ranks = output.detach().topk(k, dim=1).indices.cpu()  # (B, k)
+    targets = [ranks[:, r] for r in range(k)]
+    shared = getattr(m, "explain_targets", None)
+    if callable(shared):
+        exps = shared(model, inputs, targets)
+        for e in exps:
+            flag_empty_heatmaps(e, model)
+    else:
+        exps = [explain(model, inputs, m, target=t) for t in targets]
+    for r, e in enumerate(exps):
+        e.extras["rank"] = r
+    return exps
+
+
+#: a rectified heatmap is flagged as empty when its positive part holds at most this share of the map's mass
+EMPTY_SHARE = 0.01
+
+
+def flag_empty_heatmaps(exp: Explanation, model: nn.Module | None = None) -> Tensor | None:
+    """Flag the images whose heatmap a ReLU empties (``sign="positive"`` conventions; at most :data:`EMPTY_SHARE` of
+    the raw map's mass is positive): ``extras["empty_heatmap"]`` (B,) bool, a message in ``extras["warnings"]`` and
+    the log. For a layer method the message names a later layer whose activations are not negative (one dry forward of
+    ``model``, only when a map is flagged). Returns the flags (None when the convention keeps negative values)."""
+    steps = exp.heatmap_steps()
+    if steps.get("sign") != "positive" or exp.attributions.ndim != 4:
+        return None
+    share = postprocess.positive_share(exp.attributions, steps.get("reduce", "sum"))
+    empty = share <= EMPTY_SHARE
+    exp.extras["empty_heatmap"] = empty.cpu()
+    if not bool(empty.any()):
+        return empty
+    flat = exp.attributions.detach().flatten(1)
+    which = [int(i) for i in torch.nonzero(empty).flatten()]
+    ranges = ", ".join(f"image {i}: {float(flat[i].min()):.3g} to {float(flat[i].max()):.3g}" for i in which[:4])
+    more = f" and {len(which) - 4} more" if len(which) > 4 else ""
+    msg = (f"{exp.method}: the heatmap of {len(which)} of {len(empty)} image(s) is empty after the ReLU of its "
+           f"convention: the raw map is zero or negative (nearly) everywhere ({ranges}{more}); this follows the "
+           "method's definition, the raw signed map is in .attributions and heatmap(sign='all') shows both signs")
+    if exp.layer and model is not None and exp.inputs is not None:
+        later = _non_negative_layer_after(model, exp.inputs[:1], exp.layer.split(", ")[-1])
+        msg += (f". Layer {exp.layer!r} has signed activations (before a normalisation or activation): explain a layer "
+                "after the activation" + (f", e.g. layer={later!r}" if later else ""))
+    exp.extras.setdefault("warnings", []).append(msg)
+    log.warning("%s", msg)
+    return empty
+
+
+def _non_negative_layer_after(model: nn.Module, x: Tensor, layer: str) -> str | None:
+    """The first module finishing after ``layer`` whose output is a spatial map with no negative value (and not all
+    zero)."""
+    order: list[tuple[str, bool]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-2:].numel() > 1:
+                o = out.detach()
+                order.append((name, bool((o >= 0).all() and (o > 0).any())))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode(False), model_state(model), torch.no_grad():
+            model(x)
+    except Exception:  # a suggestion only: never fail an explanation for it
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    names = [n for n, _ in order]
+    if layer not in names:
+        return None
+    start = names.index(layer)
+    return next((n for n, ok in order[start + 1 :] if ok and not n.startswith(layer + ".")), None)

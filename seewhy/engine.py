@@ -10,7 +10,8 @@ masks, so kept pixels are bit-exact). Both
 - feed the model ``channels_last`` batches when it has 2-D convolutions and works in float32/float16/bfloat16
   (oneDNN on CPU and tensor cores on GPU are much faster in that layout); ``channels_last=`` forces either way;
 - score each chunk with every target given, so several targets share the same forward passes;
-- show a tqdm progress bar (``leave=False``) for long runs on a terminal or in Jupyter, never for a few evaluations.
+- report progress through :mod:`seewhy.progress` (a bar on a terminal or in Jupyter after a couple of seconds, a log
+  line every few seconds otherwise), so a long run is never silent.
 
 A row's score does not depend on the chunk it ran in (up to the model's own floating-point behaviour across batch
 sizes). Randomness lives in the methods, which draw from a ``torch.Generator`` before any chunking.
@@ -18,14 +19,13 @@ sizes). Randomness lives in the methods, which draw from a ``torch.Generator`` b
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from .progress import progress as _progress
 from .targets import Target
 
 #: input values per chunk on CPU: about 5 images at 3x224x224, where oneDNN's per-image throughput peaks
@@ -33,7 +33,6 @@ CPU_BUDGET = 3 << 18
 #: input values per chunk on accelerators: about 85 images at 3x224x224
 DEVICE_BUDGET = 1 << 22
 MAX_BATCH = 256
-PROGRESS_MIN_EVALUATIONS = 256
 SCORES = ("logit", "probability", "auto")
 
 RowBuilder = Callable[[Tensor], Tensor]
@@ -102,7 +101,7 @@ def evaluate(
         batch_size: rows per forward (default: :func:`default_batch_size`).
         score: ``"logit"`` (the raw output) or ``"probability"`` (softmax over classes first), or one per target.
         channels_last: feed ``channels_last`` batches (default: :func:`prefers_channels_last`).
-        progress: show a progress bar (default: on a terminal or in Jupyter, for at least 256 rows).
+        progress: ``False`` to report no progress for this call (default: :mod:`seewhy.progress` decides).
 
     Returns:
         (n,) scores for one target, (T, n) for a sequence of T targets, in the output's dtype.
@@ -121,11 +120,9 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     cl = prefers_channels_last(model, like) if channels_last is None else bool(channels_last)
     build = (lambda idx: rows[idx.to(rows.device)]) if isinstance(rows, Tensor) else rows
-    if progress is None:
-        progress = n >= PROGRESS_MIN_EVALUATIONS and (sys.stderr.isatty() or "ipykernel" in sys.modules)
     out: Tensor | None = None
     order = torch.arange(n)
-    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="eval", leave=False, disable=not progress) as bar:
+    with torch.inference_mode(), _progress(n, desc, "evaluations", enabled=progress is not False) as bar:
         for start in range(0, n, size):
             idx = order[start : start + size]
             x = build(idx)

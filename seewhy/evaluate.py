@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from .core import Explanation, explain, get_method, seeded
 from .hooks import model_state
 from .metrics import get_metric, sanity
+from .progress import format_seconds
+from .progress import progress as _progress
 from .targets import TargetSpec
 
 log = logging.getLogger("seewhy")
@@ -185,6 +187,7 @@ def evaluate(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool | None = None,
+    estimate: bool = True,
 ) -> Evaluation:
     """Explain ``inputs`` with each method (and the controls) and score every explanation with every metric.
 
@@ -201,9 +204,11 @@ def evaluate(
         controls: add ``random_attribution`` and ``edge_detector``, which ignore the model.
         batch_size: images per explanation / metric call.
         seed: passed to every method and metric that takes one.
-        progress: show a progress bar (default: on a terminal).
+        progress: ``False`` reports no progress (default: :mod:`seewhy.progress` decides: a bar on a terminal, one
+            log line per finished step otherwise).
+        estimate: log each method's and metric's cost per image (model evaluations and seconds, from one timed
+            forward and forward+backward of ``model``) before any work, when the ``seewhy`` logger shows INFO.
     """
-    from tqdm import tqdm
 
     if not isinstance(inputs, Tensor) or inputs.ndim != 4:
         raise ValueError(f"inputs must be a (N,C,H,W) tensor, got {getattr(inputs, 'shape', type(inputs))}")
@@ -233,25 +238,26 @@ def evaluate(
             raise ValueError(f"metric_params names {m!r}, which is not among the metrics ({', '.join(metrics)})")
         check_metric_params(m, p)
     costs = metric_costs(model, inputs, metrics, metric_params)
-    for m in metrics:
-        log.info("%s: %d %s per image and method (%d in all)", m, costs[m], cost_unit(m),
-                 costs[m] * n * (len(names) + len(extra)))
+    if estimate and log.isEnabledFor(logging.INFO):
+        _log_estimate(model, inputs, [*names, *extra], {m: seeded(m, method_params.get(m), seed) for m in
+                                                       [*names, *extra]}, metrics, costs)
 
     chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     result = Evaluation(names, extra, metrics, {}, {}, {}, {}, {}, costs)
     total = (len(names) + len(extra)) * len(chunks) * (1 + len(metrics))
-    disable = None if progress is None else not progress  # None: only on a terminal
-    with tqdm(total=total, desc="evaluating", unit="step", disable=disable, leave=False) as bar:
+    with _progress(total, "evaluating", "steps", delay=0, enabled=progress is not False) as bar:
         for method in [*names, *extra]:
             params = seeded(method, method_params.get(method), seed)
-            bar.set_postfix_str(method)
+            bar.set_postfix(method)
             exps, seconds = [], []
             try:
-                for sl in chunks:
+                for b, sl in enumerate(chunks):
                     t0 = time.perf_counter()
                     exps.append(explain(model, inputs[sl], method, target=_rows(target, sl), **params))
                     seconds.append(time.perf_counter() - t0)
                     bar.update()
+                    bar.done("%s: batch %d/%d (%d image(s)) in %s", method, b + 1, len(chunks), sl.stop - sl.start,
+                             format_seconds(seconds[-1]))
             except Exception as err:  # one broken method must not lose the others
                 log.error("method %s failed: %s: %s", method, type(err).__name__, err)
                 result.errors[method] = f"{type(err).__name__}: {err}"
@@ -260,18 +266,37 @@ def evaluate(
             result.explain_seconds[method] = seconds
             result.explanations[method] = exps
             for metric in metrics:
-                bar.set_postfix_str(f"{method} / {metric}")
+                bar.set_postfix(f"{method} / {metric}")
                 try:
-                    result.results[(method, metric)] = _score(
+                    res = result.results[(method, metric)] = _score(
                         model, inputs, exps, chunks, method, params, metric, metric_params.get(metric, {}), masks,
                         seed, result, bar,
                     )
+                    bar.done("%s on %s: %s for %d image(s)", metric, method, format_seconds(res.seconds), n)
                 except Exception as err:
                     log.error("metric %s on %s failed: %s: %s", metric, method, type(err).__name__, err)
                     result.errors[f"{method}/{metric}"] = f"{type(err).__name__}: {err}"
     if labels is not None:
         result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed, batch_size)
     return result
+
+
+def _log_estimate(model: nn.Module, inputs: Tensor, methods: list[str], params: Mapping[str, Mapping[str, Any]],
+                  metrics: list[str], costs: Mapping[str, int]) -> None:
+    """Log what each method and metric will cost per image (evaluations and seconds) and the total."""
+    from . import estimate
+
+    n = inputs.shape[0]
+    timing = estimate.time_model(model, inputs)
+    log.info("cost per image (%s):", estimate.describe_timing(timing))
+    found = estimate.estimate_methods(model, inputs, methods, params, timing)
+    total = estimate.log_estimates(found, n)
+    log.info("metrics, per image and method:")
+    seconds = {e.name: e.seconds for e in found}
+    total += len(methods) * estimate.log_estimates(estimate.estimate_metrics(metrics, costs, seconds, timing), n,
+                                                   what="metric")
+    log.info("about %s in all for %d image(s), %d method(s) and %d metric(s)", format_seconds(total), n, len(methods),
+             len(metrics))
 
 
 def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: list[slice], method: str,
@@ -340,21 +365,25 @@ def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_
         return []
     idx = torch.tensor([c.index for c in cases])
     x = inputs[idx.to(inputs.device)]
-    for method in methods:
-        if method in result.errors:
-            continue
-        params = seeded(method, method_params.get(method), seed)
-        try:
-            for start in range(0, len(cases), batch_size):
-                sl = slice(start, start + batch_size)
-                on_pred = explain(model, x[sl], method, target=pred[idx[sl]], **params)
-                on_true = explain(model, x[sl], method, target=labels[idx[sl]], **params)
-                for j, case in enumerate(cases[sl]):
-                    case.maps[method] = (_row(on_pred, j), _row(on_true, j))
-        except Exception as err:
-            log.error("failure-mode maps: %s failed: %s: %s", method, type(err).__name__, err)
-            for case in cases:
-                case.maps.pop(method, None)
+    done = [m for m in methods if m not in result.errors]
+    with _progress(len(done), f"maps of {len(cases)} misclassified image(s)", "methods", delay=0) as bar:
+        for method in done:
+            params = seeded(method, method_params.get(method), seed)
+            t0 = time.perf_counter()
+            try:
+                for start in range(0, len(cases), batch_size):
+                    sl = slice(start, start + batch_size)
+                    on_pred = explain(model, x[sl], method, target=pred[idx[sl]], **params)
+                    on_true = explain(model, x[sl], method, target=labels[idx[sl]], **params)
+                    for j, case in enumerate(cases[sl]):
+                        case.maps[method] = (_row(on_pred, j), _row(on_true, j))
+            except Exception as err:
+                log.error("failure-mode maps: %s failed: %s: %s", method, type(err).__name__, err)
+                for case in cases:
+                    case.maps.pop(method, None)
+            bar.update()
+            bar.done("failure-mode maps: %s for %d image(s) in %s", method, len(cases),
+                     format_seconds(time.perf_counter() - t0))
     return cases
 
 

@@ -148,6 +148,12 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         raise ImageError(shown, "no such file; check the path")
     if p.is_dir():
         raise ImageError(shown, "it is a directory, not an image file; pass the image files inside it")
+    try:
+        empty = p.stat().st_size == 0
+    except OSError:
+        empty = False  # unreadable: the open below says why
+    if empty:
+        raise ImageError(shown, "the file is empty (0 bytes); it holds no image")
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():

@@ -92,6 +92,14 @@ def _scale(flat: Tensor, how: str, percentile: float) -> Tensor:
     return s.clamp(min=_EPS)
 
 
+def positive_share(attr: Tensor, reduce: Reduce = "sum") -> Tensor:
+    """(B,) share of each map's mass that a ReLU keeps: sum(relu(m)) / sum(|m|) of the channel-reduced map (0 for an
+    all-zero map). Near 0, a rectified heatmap (``sign="positive"``) shows nothing or a few specks."""
+    m = reduce_channels(attr.detach(), reduce).flatten(1).double()
+    total = m.abs().sum(1)
+    return torch.where(total > 0, m.clamp(min=0).sum(1) / total.clamp(min=1e-300), torch.zeros_like(total))
+
+
 def heatmap(
     attr: Tensor,
     size: tuple[int, int] | None = None,

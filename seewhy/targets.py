@@ -107,14 +107,28 @@ def _check_class_output(output: Tensor, n: int, idx: Tensor | None = None) -> No
         )
 
 
+def parse_topk(spec: str) -> int | None:
+    """k for ``"top<k>"`` (``"top1"``, ``"top3"``, ...; case-insensitive), else None."""
+    key = spec.strip().lower()
+    if key.startswith("top") and key[3:].isdigit():
+        k = int(key[3:])
+        if k < 1:
+            raise ValueError(f"target {spec!r}: k must be >= 1 (top1, top3, ...)")
+        return k
+    return None
+
+
 def make_target(spec: TargetSpec, n: int, class_names: Sequence[str] | None = None) -> Target:
     """Turn a target spec into a :class:`Target` for ``n`` samples (see the module docstring)."""
     if isinstance(spec, Target):
         if spec.n != n:
             raise ValueError(f"the target is for {spec.n} samples, the inputs have {n}")
         return spec
-    if spec is None or (isinstance(spec, str) and spec.lower() in ("top1", "pred", "predicted")):
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("top1", "pred", "predicted")):
         return Target(n, pending=True)
+    if isinstance(spec, str) and parse_topk(spec) is not None:
+        raise ValueError(f"target {spec!r} stands for several explanations per image: pass it to seewhy.explain "
+                         "(or topk=), which returns one explanation per class")
     if isinstance(spec, bool):
         raise TypeError("target must be an int, a list of ints, 'top1', a class name or a callable; got a bool")
     if isinstance(spec, int):
@@ -154,6 +168,18 @@ def class_index(name: str, class_names: Sequence[str] | None) -> int:
     for i, label in enumerate(class_names):
         if key == label.lower() or key in (s.strip().lower() for s in label.split(",")):
             return i
-    close = difflib.get_close_matches(key, [c.lower() for c in class_names], n=5, cutoff=0.6)
+    close = [class_names[i] for i in _similar(key, class_names)]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown class name {name!r}{hint}")
+    raise ValueError(f"unknown class name {name!r}{hint} (or pass a class index)")
+
+
+def _similar(key: str, class_names: Sequence[str], n: int = 5) -> list[int]:
+    """Indices of the classes most like ``key``: those with ``key`` as a word of a name or synonym first ("cat" ->
+    "tiger cat", "Persian cat"), then the closest spellings of any synonym ("tigre cat" -> "tiger cat")."""
+    words = [[s.strip().lower() for s in label.split(",") if s.strip()] for label in class_names]
+    out = [i for i, syn in enumerate(words) if any(key in s.replace("-", " ").split() for s in syn)][:n]
+    lookup = {s: i for i, syn in enumerate(words) for s in syn}
+    for s in difflib.get_close_matches(key, list(lookup), n=2 * n, cutoff=0.6):
+        if lookup[s] not in out:
+            out.append(lookup[s])
+    return out[:n]

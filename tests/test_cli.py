@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,10 @@ def _explain(images: list[Path], out: Path, *extra: str) -> list[str]:
 def test_explain_writes_report_and_skips_bad_files(pictures: list[Path], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
-    assert cli.main(_explain(pictures, out)) == 0
+    assert cli.main(_explain(pictures, out, "--save-attributions")) == cli.EXIT_PARTIAL  # a report, and a failure
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out / "index.html")
-    assert "corrupt.png" in captured.err
+    assert "corrupt.png" in captured.err and "exit code 3" in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["attributions.npz", "index.html", "manifest.json"]
     m = json.loads((out / "manifest.json").read_text())
     assert [im["name"] for im in m["images"]] == ["red", "blue"]
@@ -52,15 +53,15 @@ def test_explain_writes_report_and_skips_bad_files(pictures: list[Path], tmp_pat
     assert m["model"]["name"] == "tiny_cnn" and m["preprocessing"]["crop"] == 32
     assert m["command"][:2] == ["seewhy", "explain"]
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert "corrupt.png" in html and html.count('<td class="cell"') == 4
+    assert "corrupt.png" in html and html.count('<div class="cell') == 4
     with np.load(out / "attributions.npz") as npz:
         assert npz["integrated_gradients/red"].shape == (3, 32, 32)
 
 
 def test_batches_of_one_give_the_same_attributions(pictures: list[Path], tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    assert cli.main(_explain(pictures[:2], a)) == 0
-    assert cli.main(_explain(pictures[:2], b, "--batch-size", "1")) == 0
+    assert cli.main(_explain(pictures[:2], a, "--save-attributions")) == 0
+    assert cli.main(_explain(pictures[:2], b, "--batch-size", "1", "--save-attributions")) == 0
     assert len(json.loads((b / "manifest.json").read_text())["methods"][0]["batches"]) == 2
     with np.load(a / "attributions.npz") as x, np.load(b / "attributions.npz") as y:
         for key in x.files:
@@ -124,7 +125,7 @@ def test_a_failing_method_is_reported_and_the_others_kept(pictures: list[Path], 
     monkeypatch.setitem(METHODS, "broken", _Broken)
     out = tmp_path / "report"
     argv = ["explain", str(pictures[0]), "--model", "tiny_cnn", "--out", str(out), "--method", "broken,saliency"]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == cli.EXIT_PARTIAL
     assert "method broken failed: RuntimeError: boom" in capsys.readouterr().err
     m = json.loads((out / "manifest.json").read_text())
     assert m["methods"][0] == {"name": "broken", "error": "RuntimeError: boom"}
@@ -149,8 +150,12 @@ def test_existing_output_folder_needs_overwrite(pictures: list[Path], tmp_path: 
 def test_methods_and_models_list_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["methods"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == list_methods()
+    listed = [line.split()[0] for line in out if line.startswith("  ")]
+    assert sorted(listed) == sorted(list_methods())
+    families = [line for line in out if line and not line.startswith(" ")]
+    assert families[:3] == ["gradient", "cam", "lrp"]  # grouped by family
     assert any("Simonyan" in line for line in out)
+    assert any(line.split()[:3] == ["integrated_gradients", "50", "forward+backward"] for line in out)  # the cost
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     for name in zoo.list_models():
@@ -211,7 +216,7 @@ def test_full_demo(tmp_path: Path) -> None:
     errors = {x["name"]: x["error"] for x in m["methods"] if "error" in x}
     assert not errors, errors
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert html.count('<td class="cell"') == 4 * len(expected)
+    assert html.count('<div class="cell') == 4 * len(expected)
 
 
 def _evaluate(images: list[Path], out: Path, *extra: str) -> list[str]:
@@ -235,7 +240,8 @@ def test_evaluate_writes_leaderboard_and_numbers(pictures: list[Path], tmp_path:
     assert cli.main(args) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out / "index.html")
-    assert "deletion_auc: 5 forward passes per image and method" in captured.err  # the cost, up front
+    assert re.search(r"deletion_auc +5 forward passes per image: ~", captured.err)  # the cost, up front
+    assert "deletion_auc on gradcam: " in captured.err  # and a line per finished metric (stderr is no terminal)
     lines = (out / "results.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 * 4 * 2  # (2 methods + 2 controls) x 4 metrics x 2 images
     data = json.loads((out / "results.json").read_text())
@@ -287,8 +293,12 @@ def test_metrics_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     from seewhy.metrics import list_metrics
 
     assert cli.main(["metrics"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == list_metrics()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["metric", "family", "better", "cost"]
+    assert sorted(line.split()[0] for line in out[1:]) == list_metrics()
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert "225 forward passes" in rows["deletion_auc"]  # the cost at 224x224 with the defaults
+    assert "object masks" in rows["pointing_game"] and "re-runs the method" in rows["max_sensitivity"]
 
 
 def test_all_leaves_out_controls_and_model_specific_methods() -> None:
@@ -303,3 +313,108 @@ def test_protopnet_subcommand_is_wired(capsys: pytest.CaptureFixture[str]) -> No
     assert cli.main(["protopnet", "train", "--help"]) == 0
     assert "DATA_DIR" in capsys.readouterr().out
     assert cli.main(["protopnet", "explain", "no_such_run", "x.png", "--out", "o"]) == 2
+
+
+# --- long runs: cost up front, progress, exit codes --------------------------------------------------------------
+
+
+def test_a_run_says_its_cost_up_front_and_logs_each_step(pictures: list[Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(_explain(pictures[:2], tmp_path / "r")) == 0
+    err = capsys.readouterr().err  # captured: not a terminal, so one line per finished step instead of a bar
+    assert re.search(r"cost per image \(one forward .+ s, one forward\+backward .+ s per image, measured on this "
+                     r"model at 32x32\)", err)
+    assert re.search(r"saliency +1 forward\+backward per image: ~", err)
+    assert re.search(r"integrated_gradients +4 forward\+backward \+ 2 forward per image: ~", err)
+    assert re.search(r"about .+ in all for 2 image\(s\)", err)
+    assert re.search(r"saliency: batch 1/1 \(2 image\(s\)\) in .+ s", err)
+    assert re.search(r"integrated_gradients: batch 1/1 \(2 image\(s\)\) in .+ s", err)
+    assert err.index("cost per image") < err.index("saliency: batch 1/1")
+
+
+def test_quiet_runs_say_nothing_but_warnings(pictures: list[Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*_explain(pictures[:2], tmp_path / "r"), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "r" / "index.html")
+    assert "cost per image" not in captured.err and "batch 1/1" not in captured.err
+
+
+def test_a_slow_method_is_named_with_the_setting_that_lowers_it(pictures: list[Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from seewhy import estimate
+
+    monkeypatch.setattr(estimate, "SLOW_SECONDS", 1e-9)
+    assert cli.main(_explain(pictures[:1], tmp_path / "r")) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: integrated_gradients is estimated at .+ per image \(over .+\); lower it with "
+                     r"--set integrated_gradients\.n_steps=1", err)
+    assert "warning: saliency is estimated" in err and "nothing in its settings lowers it" in err
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["explain", "--help"], ["evaluate", "--help"], ["demo", "--help"]):
+        assert cli.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "exit codes:" in out
+        for code in (0, 1, 2, 3, 130):
+            assert re.search(rf"^  {code} +\S", out, re.M), (argv, code)
+
+
+def test_an_empty_file_is_reported_as_empty(pictures: list[Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "in" / "empty.jpg"
+    empty.write_bytes(b"")
+    out = tmp_path / "r"
+    assert cli.main(_explain([pictures[0], empty], out)) == cli.EXIT_PARTIAL
+    assert "empty.jpg': the file is empty (0 bytes)" in capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())
+    assert [f["path"] for f in m["failures"]] == [str(empty)] and "empty" in m["failures"][0]["reason"]
+
+
+def test_evaluate_exits_3_when_a_metric_fails(pictures: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from seewhy.metrics import METRICS
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("metric broke")
+
+    monkeypatch.setitem(METRICS, "sparseness", dataclasses.replace(METRICS["sparseness"], fn=boom))
+    out = tmp_path / "ev"
+    assert cli.main(_evaluate(pictures[:2], out, "--metric", "deletion_auc,sparseness")) == cli.EXIT_PARTIAL
+    assert "metric sparseness on saliency failed" in capsys.readouterr().err
+    assert (out / "index.html").is_file()
+
+
+def test_methods_verbose_gives_parameters_and_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["methods", "-v"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("  integrated_gradients  (IntegratedGradients"):out.index("  smoothgrad  (")]
+    assert "cost per image: 50 forward+backward + 2 forward; lower it with --set integrated_gradients.n_steps" \
+        in block
+    assert "Sundararajan" in block and "completeness gap" in block  # the whole description, not one line
+    assert "      n_steps = 50" in block and "      quadrature = 'gausslegendre'" in block
+
+
+def test_top3_explains_three_classes_per_image(pictures: list[Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r"
+    argv = ["explain", *map(str, pictures[:2]), "--model", "tiny_cnn", "--out", str(out), "--method",
+            "saliency,occlusion", "--set", "occlusion.window=16", "--set", "occlusion.stride=16", "--target", "top3"]
+    assert cli.main(argv) == 0
+    assert "3 classes each" in capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())
+    for method in m["methods"]:
+        assert method["ranks"] == 3
+        for image in m["images"]:
+            ranks = method["per_image"][image["key"]]
+            assert [r["rank"] for r in ranks] == [0, 1, 2]
+            assert [r["target"] for r in ranks] == [p["index"] for p in image["top5"][:3]]
+    assert cli.main([*argv[:-1], "top11", "--overwrite"]) == cli.EXIT_USAGE  # tiny_cnn has 10 classes
+    assert "at least 11 class scores" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(pictures[0]), "--model", "tiny_cnn", "--out", str(tmp_path / "e"),
+                     "--target", "top3"]) == cli.EXIT_USAGE
+    assert "seewhy explain takes topK" in capsys.readouterr().err

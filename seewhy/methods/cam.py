@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Call, Method, register
+from ..core import Call, Cost, Method, register
 from ..hooks import StopForward, capture, watch
 from ..layers import default_layer, resolve_layer
 from ..targets import Target
@@ -293,6 +293,10 @@ class GuidedGradCAM(GradCAM):
     kind: ClassVar[str] = "pixel"
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "max_abs", "sign": "abs", "normalize": "percentile"}
 
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """Grad-CAM's pass to the layer, then guided backprop's to the input."""
+        return Cost(backwards=2)
+
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         cam = self.layer_maps(model, inputs, call)[0].clamp(min=0)
         cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
@@ -313,6 +317,9 @@ class EigenCAM(CAMMethod):
     covariance with the channel-mean activation map is >= 0."""
 
     center: bool = False
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         layers = self._layers(model, inputs, call)
@@ -425,6 +432,9 @@ class CAM(CAMMethod):
 
     fc: str | nn.Module | None = None
     strict: bool = True
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         _need_class_targets(call, "cam")
@@ -548,6 +558,9 @@ class ClassMap(CAMMethod):
     fc: str | nn.Module | None = None
     train_size: int | Sequence[int] | None = None
     strict: bool = True
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         _need_class_targets(call, "class_map")

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import engine
-from ..core import Call, Method, get_method, register
+from ..core import Call, Cost, Method, get_method, register
 from ..engine import gaussian_blur  # noqa: F401  (re-exported)
 from ..hooks import rectifier_backward
+from ..progress import progress
 from ..targets import Target
 
 
@@ -168,6 +169,10 @@ class IntegratedGradients(GradientMethod):
     blur_sigma: float = 10.0
     seed: int | None = None
 
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """One forward of the input and the baseline, then ``n_steps`` forward+backward passes."""
+        return Cost(forwards=2, backwards=self.n_steps, lower="n_steps")
+
     def _baseline(self, inputs: Tensor) -> Tensor:
         gen = engine.generator(self.seed)[0] if self.baseline == "uniform" else None
         return make_baseline(inputs, self.baseline, sigma=self.blur_sigma, generator=gen)
@@ -183,12 +188,14 @@ class IntegratedGradients(GradientMethod):
         diff = x - base
         sample = torch.arange(n).repeat_interleave(s)  # row r of the expansion is sample r // s, node r % s
         node = torch.arange(s).repeat(n)
-        for sl in _chunks(n * s, size):
-            idx, k = sample[sl].to(x.device), node[sl]
-            a = alphas[k].to(x).view(-1, 1, 1, 1)
-            w = weights[k].to(x).view(-1, 1, 1, 1)
-            g = input_gradient(model, base[idx] + a * diff[idx], target.select(sample[sl]))
-            total.index_add_(0, idx, g * w)
+        with progress(n * s, self.name or "integrated_gradients", "steps") as bar:
+            for sl in _chunks(n * s, size):
+                idx, k = sample[sl].to(x.device), node[sl]
+                a = alphas[k].to(x).view(-1, 1, 1, 1)
+                w = weights[k].to(x).view(-1, 1, 1, 1)
+                g = input_gradient(model, base[idx] + a * diff[idx], target.select(sample[sl]))
+                total.index_add_(0, idx, g * w)
+                bar.update(len(idx))
         return diff * total
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
@@ -230,6 +237,12 @@ class SmoothGrad(GradientMethod):
             conv.update(sign="positive", reduce="sum" if conv.get("reduce") != "max_abs" else "max_abs")
         return conv
 
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """``n_samples`` calls of the base method (on noisy copies), plus one forward for the target."""
+        base = self._base().cost(model, inputs)
+        return Cost(forwards=1 + base.forwards * self.n_samples, backwards=base.backwards * self.n_samples,
+                    lower="n_samples")
+
     def _base(self) -> GradientMethod:
         params = dict(self.base_params or {})
         if self.base == "smoothgrad":
@@ -260,12 +273,14 @@ class SmoothGrad(GradientMethod):
         sq = torch.zeros_like(x)
         sample = torch.arange(n).repeat_interleave(s)
         draw = torch.arange(s).repeat(n)
-        for sl in _chunks(n * s, size):
-            idx, k = sample[sl].to(x.device), draw[sl].to(x.device)
-            rows = x[idx] + sigma[idx].view(-1, 1, 1, 1) * noise[k]
-            a = base.rows(model, rows, target.select(sample[sl]))
-            mean.index_add_(0, idx, a)
-            sq.index_add_(0, idx, a * a)
+        with progress(n * s, f"smoothgrad({self.base})", "samples") as bar:
+            for sl in _chunks(n * s, size):
+                idx, k = sample[sl].to(x.device), draw[sl].to(x.device)
+                rows = x[idx] + sigma[idx].view(-1, 1, 1, 1) * noise[k]
+                a = base.rows(model, rows, target.select(sample[sl]))
+                mean.index_add_(0, idx, a)
+                sq.index_add_(0, idx, a * a)
+                bar.update(len(idx))
         mean, sq = mean / s, sq / s
         if self.kind == "smoothgrad":
             return mean

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Call, Explanation, Method, check_attribution, check_inputs, register
+from ..core import Call, Cost, Explanation, Method, check_attribution, check_inputs, register
 from ..engine import evaluate_masks, forward, generator, make_baseline, resolve_score, score_rows
 from ..hooks import model_state
 from ..segments import make_segments, n_features, segment_mean
@@ -149,6 +149,20 @@ class Occlusion(PerturbationMethod):
     batch_size: int | None = None
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "mean", "sign": "positive", "normalize": "max"}
 
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """One forward per window position (and one for f(x)); without inputs, for a 3x224x224 image."""
+        shape = tuple(inputs.shape[1:]) if inputs is not None else (3, 224, 224)
+        inds, _, _ = window_indicators(shape, self.window, self.stride)
+        k = inds[0].shape[0] * inds[1].shape[0] * inds[2].shape[0]
+        return Cost(forwards=1 + k, lower="stride", note="" if inputs is not None else "at 224x224")
+
+    def lighter(self, factor: float) -> dict[str, Any]:
+        """A spatial stride larger by 1/sqrt(factor) (at most the window): about ``factor`` times the windows."""
+        win = _as_triple(self.window, "window", 3)
+        st = _as_triple(self.stride, "stride", win[0])
+        grow = max(1.0, (1.0 / max(factor, 1e-9)) ** 0.5)
+        return {"stride": tuple(min(w, max(s, round(s * grow))) for s, w in zip(st[1:], win[1:], strict=True))}
+
     def _occlusion_scores(
         self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call, modes: list[str]
     ) -> tuple[Tensor, list[Tensor]]:
@@ -261,6 +275,11 @@ class FeatureAblation(PerturbationMethod):
     batch_size: int | None = None
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "mean", "sign": "positive", "normalize": "max"}
 
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """One forward per feature (about ``n_segments``, or the ids of a given mask) and one for f(x)."""
+        n = int(self.mask.unique().numel()) if isinstance(self.mask, Tensor) else self.n_segments
+        return Cost(forwards=1 + n, lower=None if isinstance(self.mask, Tensor) else "n_segments")
+
     def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
         segments = make_segments(self.mask, inputs, self.n_segments, self.segment_params, name="mask")
         counts = n_features(segments)
@@ -349,6 +368,9 @@ class RISE(PerturbationMethod):
     kind: ClassVar[str] = "map"
 
     _BLOCK: ClassVar[int] = 128  # masks per accumulation block (fixed: the sum does not depend on batch_size)
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1 + self.n_masks, lower="n_masks")
 
     @property
     def heatmap_convention(self) -> dict[str, Any]:  # type: ignore[override]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..core import Call, Method, register
+from ..core import Call, Cost, Method, register
 from ..protopnet.model import ProtoPNet
 
 
@@ -39,6 +39,9 @@ class ProtoPNetSimilarity(Method):
         "upsample": "bicubic",
         "normalize": "minmax",
     }
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         if not isinstance(model, ProtoPNet):

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..core import Call, Explanation, register
+from ..core import Call, Cost, Explanation, register
 from ..engine import generator
 from ..segments import make_segments, n_features
 from ..targets import Target
@@ -144,6 +144,10 @@ class SurrogateMethod(PerturbationMethod):
     blur_sigma: float = 10.0
     score: str = "logit"
     batch_size: int | None = None
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        """``n_samples`` coalitions (and f(x), and for KernelSHAP f(baseline))."""
+        return Cost(forwards=self.n_samples + (2 if self.name == "kernel_shap" else 0), lower="n_samples")
 
     def draw(self, f: int, gen: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Coalitions to evaluate (m, F) bool, their regression weights (m,), and per-image info."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Call, Method, register
+from ..core import Call, Cost, Method, register
 
 
 def image_seeds(inputs: Tensor, seed: int) -> list[int]:
@@ -52,6 +52,9 @@ class RandomAttribution(Method):
 
     distribution: str = "normal"
     seed: int = 0
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         if self.distribution not in ("normal", "uniform"):
@@ -94,6 +97,9 @@ class EdgeDetector(Method):
     in_all: ClassVar[bool] = False  # a control: run by name
     family: ClassVar[str] = "control"
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "minmax"}
+
+    def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
+        return Cost(forwards=1)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         return sobel_magnitude(inputs)

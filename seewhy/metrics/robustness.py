@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..core import Method
 from ..engine import default_batch_size, generator, row_generator
 from ..hooks import model_state
+from ..progress import progress
 from ..targets import Target, TargetSpec
 from .faithfulness import _positive_int, _prepare
 from .registry import register_metric
@@ -75,22 +76,24 @@ def sensitivities(
         ref_norm = torch.linalg.vector_norm(ref, ord=norm, dim=1)
         ref_norm = torch.where(ref_norm > 0, ref_norm, 1.0)
         out = torch.empty(b * n_samples, dtype=torch.float64, device=inputs.device)
-        for start in range(0, b * n_samples, size):
-            s = sample[start : start + size]
-            u = torch.stack([
-                torch.rand(inputs.shape[1:], generator=row_generator(gen_seed, i, k), dtype=torch.float32)
-                for i, k in zip(s.tolist(), draw[start : start + size].tolist(), strict=True)
-            ]).to(inputs)
-            y = inputs[s.to(inputs.device)] + (2 * u - 1) * radius
-            a = explain(model, y, _rows_target(t, s)).detach()
-            if a.shape[1:] != phi.shape[1:]:
-                raise ValueError(
-                    f"the method returns {tuple(a.shape[1:])} per image but attributions are {tuple(phi.shape[1:])}; "
-                    "pass the attributions of the same method (or attributions=None)"
-                )
-            sd = s.to(inputs.device)
-            diff = torch.linalg.vector_norm(a.flatten(1).double() - ref[sd], ord=norm, dim=1)
-            out[start : start + len(s)] = diff / ref_norm[sd]
+        with progress(b * n_samples, "sensitivity", "explanations") as bar:
+            for start in range(0, b * n_samples, size):
+                s = sample[start : start + size]
+                u = torch.stack([
+                    torch.rand(inputs.shape[1:], generator=row_generator(gen_seed, i, k), dtype=torch.float32)
+                    for i, k in zip(s.tolist(), draw[start : start + size].tolist(), strict=True)
+                ]).to(inputs)
+                y = inputs[s.to(inputs.device)] + (2 * u - 1) * radius
+                a = explain(model, y, _rows_target(t, s)).detach()
+                if a.shape[1:] != phi.shape[1:]:
+                    raise ValueError(
+                        f"the method returns {tuple(a.shape[1:])} per image but attributions are "
+                        f"{tuple(phi.shape[1:])}; pass the attributions of the same method (or attributions=None)"
+                    )
+                sd = s.to(inputs.device)
+                diff = torch.linalg.vector_norm(a.flatten(1).double() - ref[sd], ord=norm, dim=1)
+                out[start : start + len(s)] = diff / ref_norm[sd]
+                bar.update(len(s))
     return out.view(b, n_samples).to(inputs.dtype)
 
 

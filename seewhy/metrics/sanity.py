@@ -31,6 +31,7 @@ from .. import postprocess
 from ..core import Method, check_inputs, get_method, seeded
 from ..hooks import model_state
 from ..layers import resolve_layer
+from ..progress import progress
 from ..targets import TargetSpec, make_target
 from .controls import image_seeds
 from .registry import register_metric
@@ -363,17 +364,20 @@ def parameter_randomization(
         maps: list[Tensor] = []
         scores: dict[str, list[Tensor]] = {m: [] for m in measures}
         work = base if mode == "cascading" else None
-        for _, names in steps:
-            if mode == "independent":
-                work = copy.deepcopy(base)
-            _randomize(work, names, seed, init, reset_buffers)
-            attr = _run(explain, work, inputs, spec)
-            if attr.shape[1:] != original.shape[1:] and cmp_size is None:
-                raise ValueError(f"the maps changed shape from {tuple(original.shape)} to {tuple(attr.shape)}")
-            for m, s in compare_maps(original, attr, measures, **kw).items():
-                scores[m].append(s)
-            if keep_maps:
-                maps.append(attr)
+        with progress(len(steps), f"{mode} randomization", "layers") as bar:
+            for label, names in steps:
+                bar.set_postfix(str(label))
+                if mode == "independent":
+                    work = copy.deepcopy(base)
+                _randomize(work, names, seed, init, reset_buffers)
+                attr = _run(explain, work, inputs, spec)
+                if attr.shape[1:] != original.shape[1:] and cmp_size is None:
+                    raise ValueError(f"the maps changed shape from {tuple(original.shape)} to {tuple(attr.shape)}")
+                for m, s in compare_maps(original, attr, measures, **kw).items():
+                    scores[m].append(s)
+                if keep_maps:
+                    maps.append(attr)
+                bar.update()
     protocol = {
         "mode": mode,
         "init": init,
