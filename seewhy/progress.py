@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -144,6 +144,15 @@ def progress(total: int, desc: str, unit: str = "step", *, leave: bool = False, 
         yield p
     finally:
         p.close()
+
+
+def track(items: Iterable[Any], total: int, desc: str, unit: str = "step", *, enabled: bool = True,
+          leave: bool = False) -> Iterator[Any]:
+    """Iterate over ``items`` (``total`` of them) and report the progress, one unit per item (see :func:`progress`)."""
+    with progress(total, desc, unit, enabled=enabled, leave=leave) as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 def format_seconds(seconds: float) -> str:

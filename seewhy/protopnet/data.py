@@ -174,10 +174,10 @@ class FolderImages(ImageSet):
             self._preload(progress)
 
     def _preload(self, progress: bool) -> None:
-        from tqdm import tqdm
+        from ..progress import track
 
         bad: list[str] = []
-        for i in tqdm(range(len(self.files)), desc="loading images", unit="img", disable=not progress or None):
+        for i in track(range(len(self.files)), len(self.files), "loading images", "images", enabled=progress):
             try:
                 self._get(i)
             except images.ImageError as err:

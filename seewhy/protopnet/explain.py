@@ -224,7 +224,7 @@ def nearest_patches(model: ProtoPNet, data: ImageSet, prep: Preprocessing, k: in
     """For each prototype the ``k`` images of ``data`` with the closest latent patch (one patch per image):
     ``(distances (P, k), image indices (P, k), locations (P, k, 2))``, closest first; ties keep the lower index.
     """
-    from tqdm import tqdm
+    from ..progress import track
 
     model = _check_model(model)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -239,8 +239,8 @@ def nearest_patches(model: ProtoPNet, data: ImageSet, prep: Preprocessing, k: in
     best_i = torch.zeros((p, 0), dtype=torch.long, device=device)
     best_l = torch.zeros((p, 0), dtype=torch.long, device=device)
     with torch.inference_mode(False), model_state(model), torch.no_grad():
-        for idx, x in tqdm(batches(data, None, batch_size), total=-(-len(data) // batch_size), desc="nearest patches",
-                           unit="batch", disable=not progress or None):
+        for idx, x in track(batches(data, None, batch_size), -(-len(data) // batch_size), "nearest patches", "batches",
+                            enabled=progress):
             _, d = model.prototype_distances(normalize(x.to(device), prep))
             flat = d.flatten(2)  # (B, P, hw)
             dmin, arg = flat.min(2)  # (B, P)

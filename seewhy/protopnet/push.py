@@ -46,7 +46,7 @@ def push_prototypes(model: ProtoPNet, data: ImageSet, prep: Preprocessing, *, ba
         TypeError: ``model`` is not a ProtoPNet.
         ValueError: a class of the model has no image in ``data``.
     """
-    from tqdm import tqdm
+    from ..progress import track
 
     if not isinstance(model, ProtoPNet):
         raise TypeError(f"push_prototypes needs a ProtoPNet, got {type(model).__name__}")
@@ -65,8 +65,8 @@ def push_prototypes(model: ProtoPNet, data: ImageSet, prep: Preprocessing, *, ba
     image = torch.full((p,), -1, dtype=torch.long, device=device)
     cell = torch.zeros(p, 2, dtype=torch.long, device=device)
     with torch.inference_mode(False), model_state(model, freeze=False), torch.no_grad():
-        for idx, x in tqdm(batches(data, None, batch_size), total=-(-len(data) // batch_size), desc="push",
-                           unit="batch", disable=not progress or None):
+        for idx, x in track(batches(data, None, batch_size), -(-len(data) // batch_size), "push", "batches",
+                            enabled=progress):
             z, d = model.prototype_distances(normalize(x.to(device, patch.dtype), prep))
             h, w = d.shape[-2:]
             labels = data.labels[idx].to(device)

@@ -221,7 +221,7 @@ def _trainable(model: ProtoPNet, phase: str) -> None:
 
 def _epoch(model: ProtoPNet, data: ImageSet, prep: Preprocessing, phase: str, optimizer: torch.optim.Optimizer,
            config: TrainConfig, generator: torch.Generator, progress: bool, desc: str) -> dict[str, float]:
-    from tqdm import tqdm
+    from ..progress import track
 
     device = model.prototype_vectors.device
     _trainable(model, phase)
@@ -233,8 +233,8 @@ def _epoch(model: ProtoPNet, data: ImageSet, prep: Preprocessing, phase: str, op
     order = torch.randperm(len(data), generator=generator)
     sums: dict[str, float] = {}
     correct, n = 0, 0
-    for idx, x in tqdm(batches(data, order, config.batch_size), total=-(-len(data) // config.batch_size), desc=desc,
-                       unit="batch", leave=False, disable=not progress or None):
+    for idx, x in track(batches(data, order, config.batch_size), -(-len(data) // config.batch_size), desc, "batches",
+                        enabled=progress):
         x = normalize(config.augment(x, generator).to(device), prep)
         y = data.labels[idx].to(device)
         if phase == "last":
