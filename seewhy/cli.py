@@ -30,6 +30,7 @@ import ast
 import dataclasses
 import inspect
 import logging
+import os
 import sys
 import time
 import warnings
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
             return args.func(args)
+    except BrokenPipeError:  # `seewhy methods | head`: the reader has gone; nothing to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python would report the pipe again at exit)
+        return EXIT_OK
     except (ValueError, TypeError, OSError, ImportError) as err:  # bad input: one line, no traceback
         if args.verbose:
             log.exception("error")
