@@ -1,28 +1,30 @@
 """Seconds per image for every evaluation metric on efficientnet_lite0 at 224 px, against the model's speed limit.
 
-Run:  python benchmarks/bench_metrics.py [--batch 4] [--repeat 1] [--threads 2] [--out benchmarks/results/metrics.md]
-      python benchmarks/bench_metrics.py --quick      (a smoke run: 1 image, a few steps, nothing written)
+Run:  python benchmarks/bench_metrics.py [--batch 4] [--repeat 3] [--threads 2] [--out benchmarks/results/metrics.md]
+      smoke run: python benchmarks/bench_metrics.py --quick --size 96   (1 image, a few steps, nothing written)
 
-The bound of a metric is (its model forwards per image, from the registry's cost) x (the model's best per-image
-forward: the best over batch sizes 1..16 and both memory formats under ``torch.inference_mode()``, re-measured
-before and after each metric, the lowest kept). Issue 6 asks deletion and insertion with n steps to run within 1.3x of
-n x the best forward: the table gives that ratio (``x n fwd``) next to the ratio to all the forwards the metric makes
-(n + 1 for a curve). ROAD adds its imputation (conjugate gradients on the CPU), the sensitivities count explanation
-calls (Grad-CAM, forward + backward) rather than forwards, and localization / complexity need no forward. The
-attributions are Grad-CAM maps at the default layer, computed once; the targets are the top-1 classes.
+The bound of a metric is (its model forwards per image, from the registry's cost) x (the best measured forward: the
+model's fastest per-image forward under ``torch.inference_mode()`` over batch sizes 1, 2, 4, 8, 16 and the engine's
+own, ``seewhy.engine.default_batch_size``, in both memory formats). Every metric is warmed up once, then the metrics
+are timed interleaved with the reference, round after round, in one process: the forward at the best setting runs
+before every metric, and the best measured forward is the lowest of the sweep and all these re-measurements. Issue 6
+asks deletion and insertion with n steps to run within 1.3x of n x the best forward: the table gives that ratio
+(``x n fwd``) next to the ratio to all the forwards the metric makes (n + 1 for a curve). ROAD adds its imputation
+(conjugate gradients on the CPU). The sensitivities count explanation calls (Grad-CAM): their bound is calls x one
+Grad-CAM call per image (batch ``--batch``, measured interleaved, before each of them). Localization / complexity
+need no forward. The attributions are Grad-CAM maps at the default layer, computed once; the targets are the top-1
+classes.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
-import torch
-from bench_perturbation import best_forward
-from common import RESULTS, setup, timed
+from common import RESULTS, best_forward, environment, interleaved, setup, table, write
 
 import seewhy
+from seewhy import engine
 from seewhy.metrics import METRICS
 from seewhy.metrics.localization import boxes_to_masks
 
@@ -65,51 +67,48 @@ def main() -> None:
     if args.quick:
         x, target, args.repeat = x[:1], target[:1], 1
     b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-    per_image, where, forward_again = best_forward(model, x, 1 if args.quick else 3)
+    best = best_forward(model, x, 1 if args.quick else 3)
     attr = seewhy.explain(model, x, "gradcam", target=target).attributions
     mask = boxes_to_masks([(w // 4, h // 4, 3 * w // 4, 3 * h // 4)] * b, (h, w))
-    rows = []
+    fns = {"forward": best.step, "gradcam": lambda: seewhy.explain(model, x, "gradcam", target=target)}
+    schedule, info = [], {}
     for name, base in FULL.items():
         params = {**base, **QUICK.get(name, {})} if args.quick else base
         spec = METRICS[name]
         extra = {"mask": mask} if "mask" in spec.needs else {}
-        forwards = spec.cost({**params, "input_size": (h, w)})
-
-        def run(name: str = name, params: dict = params, extra: dict = extra) -> object:
-            return METRICS[name].fn(model, x, attr, target, **params, **extra)
-
-        ref = min(per_image, forward_again())
-        sec = timed(run, args.repeat, warmup=0 if args.quick else 1, best=True) / b
-        ref = min(ref, forward_again())
+        fns[name] = lambda name=name, params=params, extra=extra: METRICS[name].fn(model, x, attr, target, **params,
+                                                                                   **extra)
+        info[name] = (spec.cost({**params, "input_size": (h, w)}), params)
+        schedule += ["gradcam" if "method" in spec.needs else "forward", name]
+    t = interleaved(fns, args.repeat, schedule=schedule)
+    for sec in t["forward"].times:
+        best.update(sec / best.images)
+    fwd, call = best.seconds, t["gradcam"].min / b
+    rows = []
+    for name, (forwards, params) in info.items():
+        sec = t[name].min / b
+        unit = call if "method" in METRICS[name].needs else fwd
+        bound = forwards * unit
         steps = forwards - 1 if name in CURVES else None  # a curve of n steps makes n + 1 forwards
         shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed") or "defaults"
-        rows.append((name, sec, forwards, ref, steps, shown))
-
+        rows.append((name, f"{sec * 1000:.1f}", f"{t[name].median / b * 1000:.1f}", forwards, f"{bound * 1000:.1f}",
+                     f"{sec / bound:.2f}" if bound else "-", f"{sec / (steps * fwd):.2f}" if steps else "-", shown))
     lines = [
-        f"Best forward: {per_image * 1000:.2f} ms/image ({where}); bound = forwards x the best forward, re-measured "
-        "before and after each metric (the lowest of the three).",
+        f"# Evaluation metrics: efficientnet_lite0, {h}x{w}, {b} image(s)",
         "",
-        "| metric | ms / image | forwards / image | bound (ms) | x bound | x n fwd | settings |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, sec, forwards, ref, steps, shown in rows:
-        bound = forwards * ref
-        ratio = f"{sec / bound:.2f}" if bound else "-"
-        per_step = f"{sec / (steps * ref):.2f}" if steps else "-"
-        ms = f"{sec * 1000:.1f} | {forwards} | {bound * 1000:.1f}"
-        lines.append(f"| {name} | {ms} | {ratio} | {per_step} | {shown} |")
-    lines += [
+        f"Best measured forward: {fwd * 1000:.2f} ms/image at {best.where} (the engine's own batch size is "
+        f"{engine.default_batch_size(x)}); one Grad-CAM call: {call * 1000:.1f} ms/image (batch {b}). "
+        "Bound = forwards (for the sensitivities: Grad-CAM calls) x that time.",
         "",
-        f"efficientnet_lite0, {h}x{w}, {b} image(s), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, seewhy {seewhy.__version__}; best of {args.repeat} run(s). "
-        "Sensitivities: 'forwards' are Grad-CAM calls (forward + backward each).",
+        table(["metric", "ms / image (min)", "median", "forwards / image", "bound (ms)", "x bound", "x n fwd",
+               "settings"], rows),
+        "",
+        f"Fastest of {args.repeat} interleaved round(s) after one warm-up call of each; the reference (the forward "
+        "at the best setting, or a Grad-CAM call before a sensitivity) ran before every metric in every round.",
+        "",
+        environment(f"; --repeat {args.repeat}" + (" --quick" if args.quick else "") + "."),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    write("\n".join(lines), None if args.quick or args.out == "-" else Path(args.out))
 
 
 if __name__ == "__main__":
