@@ -76,7 +76,7 @@ class _Node:
             in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
             products[key] = r.mul_(c) if in_place else r * c
         out: Tensor | None = None
-        stacked: Tensor | None = None  # stacked terms (they share mult and dim): summed, masked and folded once
+        stacked: Tensor | None = None  # stacked terms (they share mult, dim, parts): summed, masked and folded once
         for term in self.terms:
             a = products[_key(term)]
             if term.weight is None or self.transpose is None:
@@ -87,11 +87,13 @@ class _Node:
                 out = _add(out, _times(g, term.mult))
                 continue
             stacked = _add(stacked, g)
-            mult, dim = term.mult, term.stacked_dim
+            mult, dim, parts = term.mult, term.stacked_dim, term.stacked_parts
         if stacked is not None:
-            stacked = _times(stacked, mult)
-            half = stacked.shape[dim] // 2
-            out = _add(out, stacked.narrow(dim, 0, half) + stacked.narrow(dim, half, half))
+            chunks = _times(stacked, mult).chunk(parts, dim)
+            folded = chunks[0] + chunks[1]
+            for chunk in chunks[2:]:
+                folded.add_(chunk)
+            out = _add(out, folded)
         assert out is not None
         return out
 

@@ -38,8 +38,10 @@ class Term:
     weight: Tensor | None
     coef: Tensor | Callable[[], Tensor]
     mult: Tensor | Callable[[], Tensor] | None = None
-    # W^T gives the input channels twice along this dimension, [for x+; for x-]: masked by ``mult`` and summed
+    # W^T gives the input channels ``stacked_parts`` times along this dimension (e.g. [for x+; for x-]): the parts
+    # are multiplied by ``mult`` (stacked alike) and summed
     stacked_dim: int | None = None
+    stacked_parts: int = 2
     # ``coef`` holds two coefficients along this dimension, [c1; c2] (one wide layer output): R * [c1; c2]
     pair_dim: int | None = None
 
@@ -282,24 +284,25 @@ class Gamma(Rule):
     epsilon: float = 1e-6
 
     def terms(self, layer: Layer) -> list[Term]:
-        # z+ (positive contributions and b+) takes one more layer evaluation: W+ x for x >= 0, else
-        # (|W| |x| + W x) / 2 + b+. With sigma = sign(z), z' = z + gamma z+ (z > 0) or z + gamma z- =
-        # (1 + gamma) z - gamma z+ (z < 0), so |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+. The backward,
-        # W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|) with dz+/dx = (W + sign(x) |W|) / 2, is
-        # (1 + gamma/2) W^T (R r) + gamma/2 sign(x) |W|^T (R |r|) with r = 1 / z': one tensor kept per layer
-        # (without biases |z'| >= gamma/2 sum_i |x_i w_ij|, so the two sums cannot cancel catastrophically).
-        # In-place arithmetic, no boolean mask (where/masked_fill run ~10x slower on CPU, and every fresh
-        # buffer costs page faults).
+        # With sigma = sign(z): z' = z + gamma z+ (z > 0) or z + gamma z- = (1 + gamma) z - gamma z+ (z < 0), so
+        # |z'| = (1 + gamma/2) |z| - gamma/2 z + gamma z+, and with z+ = (|W| |x| + W x) / 2 + b+ (the positive
+        # contributions; for x >= 0 also W+ x + b+) the W x terms cancel:
+        #     |z'| + eps = (gamma/2) |W| |x| + (gamma b+ - gamma/2 b + eps) + (1 + gamma/2) |z|,
+        # one more layer evaluation (|x| through (gamma/2) |W| with that bias) and one pass adding (1 + gamma/2) |z|
+        # (z * sign(z)). The backward, W^T ((1 + gamma [z<0]) R / z') + gamma dz+/dx^T (R / |z'|) with
+        # dz+/dx = (W + sign(x) |W|) / 2, is (1 + gamma/2) W^T (R r) + gamma/2 sign(x) |W|^T (R |r|) with
+        # r = 1 / z' = sign(z) / (|z'| + eps): one tensor kept per layer (without biases |z'| >= gamma/2 sum_i
+        # |x_i w_ij|, so the two sums cannot cancel catastrophically). In-place arithmetic, no boolean mask
+        # (where/masked_fill run ~10x slower on CPU, and every fresh buffer costs page faults).
         w, z, g = layer.weight, layer.z, self.gamma
         nonneg = layer.x_nonneg()
-        if nonneg:
-            den = layer.forward(layer.x, w.clamp(min=0), _bias_part(layer, True))
-        else:
-            den = layer.forward(layer.x.abs(), w.abs(), None).add_(z).mul_(0.5)
-            if layer.bias is not None:  # z above includes b: (|W||x| + Wx + b) / 2 + b+ - b / 2
-                den.add_(layer.bias_view(layer.bias.clamp(min=0) - 0.5 * layer.bias))
+        bias = None
+        if layer.bias is not None or self.epsilon:
+            b = layer.bias if layer.bias is not None else w.new_zeros(w.shape[0])
+            bias = (b.clamp(min=0) * g).add_(b, alpha=-g / 2).add_(self.epsilon)
+        den = layer.forward(layer.x if nonneg else layer.x.abs(), w.abs().mul_(g / 2), bias)
         r = torch.sign(z)
-        den.mul_(g).addcmul_(z, r, value=1 + g / 2).add_(z, alpha=-g / 2).add_(self.epsilon)  # |z'| + eps
+        den.addcmul_(z, r, value=1 + g / 2)  # |z'| + eps
         r.div_(den)  # 1 / (z' + eps sign(z')), 0 where z = 0
         if not self.epsilon:
             r.nan_to_num_(nan=0.0)
@@ -424,7 +427,15 @@ class ZBox(Rule):
             lo, hi = lo[:1], hi[:1]
         den = z - layer.forward(lo, wp) - layer.forward(hi, wn)
         c = stabilized_reciprocal(den, self.epsilon)
-        return [Term(w, c, x), Term(wp, c, -lo), Term(wn, c, -hi)]
+        d = layer.channel_dim
+
+        def mult() -> Tensor:  # [x, -l, -h]: the three parts' factors, stacked like the weights
+            return torch.cat([x, -lo.expand_as(x), -hi.expand_as(x)], d)
+
+        if not layer.dense():  # a grouped layer would interleave the stacked parts per group
+            return [Term(w, c, x), Term(wp, c, -lo), Term(wn, c, -hi)]
+        # one transposed layer through [W, W+, W-] (stacked on the input channels) instead of three
+        return [Term(torch.cat([w, wp, wn], 1), c, mult, stacked_dim=d, stacked_parts=3)]
 
 
 RULES: dict[str, type[Rule]] = {
