@@ -65,17 +65,22 @@ def cases(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opts: d
         "integrated_gradients": {"n_steps": steps},
         "smoothgrad": {"n_samples": steps, "seed": 0},
     }
+    per = max(1, chunk // b)  # Captum's unit is steps (samples) per input: rows per pass = per x b
     for name, params in methods.items():
         shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
         if len(params):
             shown += f", chunk {chunk} rows (default)"
         out[f"seewhy {name}"] = (lambda name=name, params=params: seewhy.explain(model, x, name, target=target,
                                                                                    **params), shown)
+        if len(params) and per * b != chunk:  # the rows per pass Captum runs with the same chunk
+            same = {**params, "batch_size": per * b}
+            out[f"seewhy {name} (Captum's rows per pass)"] = (
+                lambda name=name, same=same: seewhy.explain(model, x, name, target=target, **same),
+                shown.replace(f"chunk {chunk} rows (default)", f"batch_size={per * b}"))
     try:
         from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
     except ImportError:
         return out
-    per = max(1, chunk // b)  # Captum's unit is steps (samples) per input: rows per pass = per x b
     stdev = float(0.15 * (x.max() - x.min()))  # seewhy's noise=0.15 of the value range (per image there)
     captum_calls: dict[str, tuple[Callable[[], object], str]] = {
         "captum Saliency": (lambda: Saliency(model).attribute(x, target=target, abs=False), "abs=False"),
@@ -142,7 +147,8 @@ def main() -> None:
         f"- {TRAINING}.",
         f"- {MEMORY}." if not args.no_memory else "- peak memory not measured (--no-memory).",
         "- Captum runs on the model as loaded (eval mode, parameters requiring grad) unless marked frozen; its "
-        "IntegratedGradients and NoiseTunnel get seewhy's chunk, rounded down by Captum to whole steps per pass.",
+        "IntegratedGradients and NoiseTunnel get seewhy's chunk, rounded down by Captum to whole steps per pass; "
+        "the rows marked \"Captum's rows per pass\" run seewhy at that same number of rows.",
         "",
         environment(f"; --repeat {args.repeat} --steps {args.steps}."),
     ])

@@ -4,16 +4,16 @@ Run:  python benchmarks/bench_metrics.py [--batch 4] [--repeat 3] [--threads 2] 
       smoke run: python benchmarks/bench_metrics.py --quick --size 96   (1 image, a few steps, nothing written)
 
 The bound of a metric is (its model forwards per image, from the registry's cost) x (the best measured forward: the
-model's fastest per-image forward under ``torch.inference_mode()`` over batch sizes 1, 2, 4, 8, 16 and the engine's
-own, ``seewhy.engine.default_batch_size``, in both memory formats). Every metric is warmed up once, then the metrics
-are timed interleaved with the reference, round after round, in one process: the forward at the best setting runs
-before every metric, and the best measured forward is the lowest of the sweep and all these re-measurements. Issue 6
-asks deletion and insertion with n steps to run within 1.3x of n x the best forward: the table gives that ratio
-(``x n fwd``) next to the ratio to all the forwards the metric makes (n + 1 for a curve). ROAD adds its imputation
-(conjugate gradients on the CPU). The sensitivities count explanation calls (Grad-CAM): their bound is calls x one
-Grad-CAM call per image (batch ``--batch``, measured interleaved, before each of them). Localization / complexity
-need no forward. The attributions are Grad-CAM maps at the default layer, computed once; the targets are the top-1
-classes.
+model's fastest per-image forward under ``torch.inference_mode()`` over batch sizes 1, 2, 4, 8, 16, the engine's
+default and the one it measures, ``seewhy.engine.batch_size_for``, in both memory formats). Every metric is warmed
+up once, then the metrics are timed interleaved with the reference, round after round, in one process: the forward
+at the best setting runs before every metric, and the best measured forward is the lowest of the sweep and all these
+re-measurements. Issue 6 asks deletion and insertion with n steps to run within 1.3x of n x the best forward: the
+table gives that ratio (``x n fwd``) next to the ratio to all the forwards the metric makes (n + 1 for a curve).
+ROAD adds its imputation (conjugate gradients on the CPU). The sensitivities count explanation calls (Grad-CAM):
+their bound is calls x one Grad-CAM call per image (batch ``--batch``, measured interleaved, before each of them).
+Localization / complexity need no forward. The attributions are Grad-CAM maps at the default layer, computed once;
+the targets are the top-1 classes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import RESULTS, best_forward, environment, interleaved, setup, table, write
+from common import RESULTS, best_forward, engine_batch, environment, interleaved, setup, table, write
 
 import seewhy
-from seewhy import engine
 from seewhy.metrics import METRICS
 from seewhy.metrics.localization import boxes_to_masks
 
@@ -96,8 +95,8 @@ def main() -> None:
     lines = [
         f"# Evaluation metrics: efficientnet_lite0, {h}x{w}, {b} image(s)",
         "",
-        f"Best measured forward: {fwd * 1000:.2f} ms/image at {best.where} (the engine's own batch size is "
-        f"{engine.default_batch_size(x)}); one Grad-CAM call: {call * 1000:.1f} ms/image (batch {b}). "
+        f"Best measured forward: {fwd * 1000:.2f} ms/image at {best.where} (the engine measured "
+        f"{engine_batch(model, x)} as its batch size); one Grad-CAM call: {call * 1000:.1f} ms/image (batch {b}). "
         "Bound = forwards (for the sensitivities: Grad-CAM calls) x that time.",
         "",
         table(["metric", "ms / image (min)", "median", "forwards / image", "bound (ms)", "x bound", "x n fwd",

@@ -5,17 +5,17 @@ Run:  python benchmarks/bench_perturbation.py [--images 1] [--threads 2] [--repe
       smoke run: python benchmarks/bench_perturbation.py --size 96 --repeat 1 --samples 40 --rise-masks 40 --out -
 
 The bound of a black-box method is (its number of model evaluations) x (the best measured forward): the model's
-fastest per-image forward under ``torch.inference_mode()`` over batch sizes 1, 2, 4, 8, 16 and the engine's own
-(``seewhy.engine.default_batch_size``), in both memory formats. Evaluations count every image that goes through
-the model, including the forward on the original inputs. Every method is warmed up once (that call also counts its
-evaluations), then the methods are timed interleaved with the reference, round after round, in one process: the
-forward at the best setting runs before every method, and the best measured forward is the lowest of the sweep and
-all these re-measurements. The target is a ratio <= 1.3; a ratio under 1 would mean the bound missed a faster
-setting. When captum is installed (``pip install captum --no-deps``; not a seewhy dependency) its Occlusion,
-FeatureAblation, Lime and KernelShap run at the same settings, on the same superpixels, with
-``perturbations_per_eval`` 1 (its default) and the engine's batch size (``--captum-ppe``); Captum's default surrogate
-models need scikit-learn, so they get a closed-form torch least-squares model instead (a negligible cost next to the
-forwards, as scikit-learn's would be). Writes benchmarks/results/perturbation.md.
+fastest per-image forward under ``torch.inference_mode()`` over batch sizes 1, 2, 4, 8, 16, the engine's default and
+the one the engine measures (``seewhy.engine.batch_size_for``), in both memory formats. Evaluations count every
+image that goes through the model, including the forward on the original inputs. Every method is warmed up once
+(that call also counts its evaluations), then the methods are timed interleaved with the reference, round after
+round, in one process: the forward at the best setting runs before every method, and the best measured forward is
+the lowest of the sweep and all these re-measurements. The target is a ratio <= 1.3; a ratio under 1 would mean the
+bound missed a faster setting. When captum is installed (``pip install captum --no-deps``; not a seewhy dependency)
+its Occlusion, FeatureAblation, Lime and KernelShap run at the same settings, on the same superpixels, with
+``perturbations_per_eval`` 1 (its default) and the engine's batch size (``--captum-ppe``); Captum's default
+surrogate models need scikit-learn, so they get a closed-form torch least-squares model instead (a negligible cost
+next to the forwards, as scikit-learn's would be). Writes benchmarks/results/perturbation.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import RESULTS, best_forward, environment, interleaved, photos, table, top1, write
+from common import RESULTS, best_forward, engine_batch, environment, interleaved, photos, table, top1, write
 
 import seewhy
 from seewhy import engine, zoo
@@ -108,7 +108,7 @@ def main() -> None:
 
     model = zoo.load("efficientnet_lite0")
     x = photos(args.images, size=args.size)
-    b, engine_batch = x.shape[0], engine.default_batch_size(x)
+    b, engine_rows = x.shape[0], engine_batch(model, x)
     target = top1(model, x)
     best = best_forward(model, x, 3)
     segments = superpixels(x, "slic", 50)
@@ -138,7 +138,7 @@ def main() -> None:
             pass
         else:
             captum_version = captum.__version__
-            ppes = sorted({engine_batch if p == "engine" else int(p) for p in args.captum_ppe.split(",")})
+            ppes = sorted({engine_rows if p == "engine" else int(p) for p in args.captum_ppe.split(",")})
             for name, (fn, n_evals, settings) in captum_calls(model, x, target, segments, args.samples, ppes,
                                                               window, stride).items():
                 calls[name] = (fn, settings)
@@ -159,8 +159,9 @@ def main() -> None:
     lines = [
         f"# Perturbation methods: efficientnet_lite0, {args.size}x{args.size}, {b} image(s)",
         "",
-        f"Best measured forward: {fwd * 1000:.2f} ms/image at {best.where} (the engine's own batch size is "
-        f"{engine_batch}); 'bound' = model evaluations x the best measured forward.",
+        f"Best measured forward: {fwd * 1000:.2f} ms/image at {best.where} (the engine measured {engine_rows} as "
+        f"its batch size; its memory-budget default is {engine.default_batch_size(x)}); 'bound' = model evaluations "
+        "x the best measured forward.",
         "",
         table(["method", "seconds (min)", "median", "model evaluations", "bound (s)", "ratio to the bound",
                "settings"], rows),

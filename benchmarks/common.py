@@ -133,10 +133,17 @@ def forward_step(model: torch.nn.Module, x: torch.Tensor, batch: int, channels_l
     return step, reps * batch
 
 
-def forward_batches(x: torch.Tensor) -> list[int]:
-    """The batch sizes the best forward is searched over: 1, 2, 4, 8, 16 and the engine's own
-    (``seewhy.engine.default_batch_size``), sorted."""
-    return sorted({1, 2, 4, 8, 16, engine.default_batch_size(x)})
+def forward_batches(x: torch.Tensor, model: torch.nn.Module) -> list[int]:
+    """The batch sizes the best forward is searched over: 1, 2, 4, 8, 16, the engine's memory-budget default
+    (``seewhy.engine.default_batch_size``) and the size the engine measures fastest on ``model`` for long runs
+    (:func:`engine_batch`), sorted."""
+    return sorted({1, 2, 4, 8, 16, engine.default_batch_size(x), engine_batch(model, x)})
+
+
+def engine_batch(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """The batch size seewhy's engine runs a long evaluation of ``x``-shaped rows at on ``model``, as the engine
+    measures it (``seewhy.engine.batch_size_for``; cached per model)."""
+    return engine.batch_size_for(model, x[:1], engine.MEASURE_MIN_ROWS, engine.prefers_channels_last(model, x))
 
 
 @dataclass
@@ -165,7 +172,7 @@ def best_forward(model: torch.nn.Module, x: torch.Tensor, repeat: int = 3, image
     best: BestForward | None = None
     sweep: dict[str, float] = {}
     for cl in (False, True):
-        for b in forward_batches(x):
+        for b in forward_batches(x, model):
             step, n = forward_step(model, x, b, cl, images)
             sec = interleaved({"f": step}, repeat)["f"].min / n
             sweep[f"{b}{' cl' if cl else ''}"] = sec

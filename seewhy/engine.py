@@ -9,6 +9,9 @@ masks, so kept pixels are bit-exact). Both
 - run under ``torch.inference_mode()`` on the inputs' device (the model is not moved or changed);
 - feed the model ``channels_last`` batches when it has 2-D convolutions and works in float32/float16/bfloat16
   (oneDNN on CPU and tensor cores on GPU are much faster in that layout); ``channels_last=`` forces either way;
+- run ``batch_size`` rows per forward; by default, for a long run, the batch size measured fastest on this model
+  (:func:`batch_size_for`: measured once per model and input shape, since the best size depends on the model and
+  the machine, not on a memory budget alone);
 - score each chunk with every target given, so several targets share the same forward passes;
 - report progress through :mod:`seewhy.progress` (a bar on a terminal or in Jupyter after a couple of seconds, a log
   line every few seconds otherwise), so a long run is never silent.
@@ -19,6 +22,8 @@ sizes). Randomness lives in the methods, which draw from a ``torch.Generator`` b
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,12 +33,16 @@ from torch import Tensor, nn
 from .progress import progress as _progress
 from .targets import Target
 
-#: input values per chunk on CPU: about 5 images at 3x224x224, where oneDNN's per-image throughput peaks
+#: input values per chunk on CPU (about 5 images at 3x224x224) when no measurement chooses the batch size
 CPU_BUDGET = 3 << 18
 #: input values per chunk on accelerators: about 85 images at 3x224x224
 DEVICE_BUDGET = 1 << 22
 MAX_BATCH = 256
 SCORES = ("logit", "probability", "auto")
+#: from this many rows on, the batch size is measured on the model (the measurement costs ~100 image-forwards once)
+MEASURE_MIN_ROWS = 256
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(shape, dtype, device, layout): size}
+_clock = time.perf_counter
 
 RowBuilder = Callable[[Tensor], Tensor]
 
@@ -43,6 +52,43 @@ def default_batch_size(inputs: Tensor) -> int:
     CPU throughput peaks), 4 Mi on GPUs; at least 1, at most 256."""
     budget = CPU_BUDGET if inputs.device.type == "cpu" else DEVICE_BUDGET
     return int(min(MAX_BATCH, max(1, budget // max(1, inputs[0].numel()))))
+
+
+def batch_size_for(model: nn.Module, like: Tensor, rows: int, channels_last: bool = False) -> int:
+    """Rows per forward for ``rows`` rows shaped like ``like``: the batch size with the fastest per-image forward of
+    this model, measured once per model, input shape, dtype, device and layout (powers of two up to four times
+    :func:`default_batch_size`, and that size itself) by the first run of at least :data:`MEASURE_MIN_ROWS` rows
+    (or the cost estimate before a command-line run) and used by every run after it; :func:`default_batch_size`
+    before that. Results do not depend on it: every row is scored on its own."""
+    default = default_batch_size(like)
+    if not isinstance(model, nn.Module) or like.ndim < 2:
+        return default
+    key = (tuple(like.shape[1:]), like.dtype, str(like.device), bool(channels_last))
+    cache = _MEASURED.setdefault(model, {})
+    if key not in cache:
+        if rows < MEASURE_MIN_ROWS:
+            return default
+        cache[key] = _fastest_batch(model, like, default, channels_last)
+    return cache[key]
+
+
+def _fastest_batch(model: nn.Module, like: Tensor, default: int, channels_last: bool) -> int:
+    """The candidate batch size with the lowest per-image forward time (the faster of two timed calls each, after
+    one warm-up call at the largest)."""
+    sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64, default) if s <= min(MAX_BATCH, 4 * default)})
+    x = like[:1].detach().expand(sizes[-1], *like.shape[1:])
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x.contiguous()
+    per_image = {}
+    with torch.inference_mode():
+        model(x)
+        for size in sizes:
+            best = float("inf")
+            for _ in range(2):
+                t0 = _clock()
+                model(x[:size])
+                best = min(best, _clock() - t0)
+            per_image[size] = best / size
+    return min(per_image, key=per_image.get)
 
 
 def prefers_channels_last(model: nn.Module, inputs: Tensor) -> bool:
@@ -98,7 +144,7 @@ def evaluate(
         sample: (n,) the original sample of each row (for the targets: ``target.select(sample[chunk])``).
         targets: one resolved :class:`~seewhy.targets.Target` or several, each scored on every chunk.
         like: an original input (sets the default batch size and the channels_last choice).
-        batch_size: rows per forward (default: :func:`default_batch_size`).
+        batch_size: rows per forward (default: :func:`batch_size_for`, measured on the model for long runs).
         score: ``"logit"`` (the raw output) or ``"probability"`` (softmax over classes first), or one per target.
         channels_last: feed ``channels_last`` batches (default: :func:`prefers_channels_last`).
         progress: ``False`` to report no progress for this call (default: :mod:`seewhy.progress` decides).
@@ -115,10 +161,10 @@ def evaluate(
         raise ValueError(f"score must be 'logit' or 'probability' (or one of them per target), got {score!r}")
     sample = torch.as_tensor(sample, dtype=torch.long).cpu()
     n = int(sample.shape[0])
-    size = batch_size if batch_size is not None else default_batch_size(like)
+    cl = prefers_channels_last(model, like) if channels_last is None else bool(channels_last)
+    size = batch_size if batch_size is not None else batch_size_for(model, like, n, cl)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    cl = prefers_channels_last(model, like) if channels_last is None else bool(channels_last)
     build = (lambda idx: rows[idx.to(rows.device)]) if isinstance(rows, Tensor) else rows
     out: Tensor | None = None
     order = torch.arange(n)
@@ -149,8 +195,8 @@ def forward(
     model: nn.Module, inputs: Tensor, *, batch_size: int | None = None, channels_last: bool | None = None
 ) -> Tensor:
     """The model's output on ``inputs`` through the same fast path (chunks, inference mode, channels_last)."""
-    size = batch_size if batch_size is not None else default_batch_size(inputs)
     cl = prefers_channels_last(model, inputs) if channels_last is None else bool(channels_last)
+    size = batch_size if batch_size is not None else batch_size_for(model, inputs, inputs.shape[0], cl)
     outs = []
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], size):
@@ -178,8 +224,8 @@ def evaluate_masks(
     into one reused buffer, in the memory format the model gets (no per-chunk allocation or layout copy).
     """
     sample = torch.as_tensor(sample, dtype=torch.long).cpu()
-    size = batch_size if batch_size is not None else default_batch_size(inputs)
     cl = prefers_channels_last(model, inputs) if channels_last is None else bool(channels_last)
+    size = batch_size if batch_size is not None else batch_size_for(model, inputs, int(sample.shape[0]), cl)
     fmt = torch.channels_last if cl and inputs.ndim == 4 else torch.contiguous_format
     state: dict[str, Tensor] = {}
 

@@ -32,7 +32,7 @@ SLOW_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per image of one ``forward`` (engine fast path, ``batch_size`` rows) and one input-only
+    """Seconds per image of one ``forward`` (engine fast path, at the batch size it measures fastest) and one input-only
     ``forward_backward`` (one image), measured on ``input_size`` (H, W)."""
 
     forward: float
@@ -60,9 +60,9 @@ def time_model(model: nn.Module, inputs: Tensor) -> Timing:
     from .targets import make_target
 
     x = inputs[:1].detach()
-    size = engine.default_batch_size(x)
-    rows = x.expand(size, *x.shape[1:])
     with model_state(model):
+        size = engine.batch_size_for(model, x, engine.MEASURE_MIN_ROWS, engine.prefers_channels_last(model, x))
+        rows = x.expand(size, *x.shape[1:])
         seconds = []
         for _ in range(3):  # the first call warms up (allocations, kernel selection); the fastest of the others
             t0 = time.perf_counter()

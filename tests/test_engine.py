@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from seewhy import engine
 from seewhy.engine import (
+    batch_size_for,
     default_batch_size,
     evaluate,
     evaluate_masks,
@@ -124,6 +126,40 @@ def test_default_batch_size_follows_a_memory_budget() -> None:
     assert default_batch_size(torch.zeros(1, 3, 224, 224)) == 5
     assert default_batch_size(torch.zeros(1, 3, 32, 32)) == 256
     assert default_batch_size(torch.zeros(1, 3, 2048, 2048)) == 1
+
+
+class Timed(nn.Module):
+    """A model whose calls advance a clock: a fixed cost per call plus a penalty above 8 rows, so that the cost per
+    image is lowest at batch 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 6 * 6, 5)
+        self.sizes: list[int] = []
+        self.now = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        self.now += 2.0 + (0.5 * (x.shape[0] - 8) if x.shape[0] > 8 else 0.0)
+        return self.fc(x.flatten(1))
+
+
+def test_long_runs_take_the_batch_size_measured_fastest_on_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, like = Timed(), _rows(1)
+    monkeypatch.setattr(engine, "_clock", lambda: model.now)
+    assert batch_size_for(model, like, engine.MEASURE_MIN_ROWS - 1) == default_batch_size(like)  # short: no timing
+    assert model.sizes == []
+    assert batch_size_for(model, like, engine.MEASURE_MIN_ROWS) == 8
+    measured = len(model.sizes)
+    assert measured > 0 and max(model.sizes) <= 4 * default_batch_size(like)
+    assert batch_size_for(model, like, 10_000) == 8 and len(model.sizes) == measured  # measured once per model
+    assert batch_size_for(model, like, 3) == 8  # and then used for short runs too
+    rows = _rows(300)
+    sample = torch.arange(300)
+    model.sizes.clear()
+    got = evaluate(model, rows, sample, make_target(1, 300), like=rows[:1])
+    assert set(model.sizes) == {8, 300 % 8}  # the run itself used the measured size
+    torch.testing.assert_close(got, model(rows)[:, 1])  # and every row's score is its own
 
 
 def test_baselines() -> None:

@@ -91,3 +91,15 @@ def test_format_seconds() -> None:
     assert progress.format_seconds(12.3) == "12 s"
     assert progress.format_seconds(185) == "3 min 05 s"
     assert progress.format_seconds(3720) == "1 h 02 min"
+
+
+def test_track_yields_every_item_and_reports_them(monkeypatch: pytest.MonkeyPatch,
+                                                  seewhy_log: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    assert list(progress.track(iter(range(5)), 5, "push", "batches")) == [0, 1, 2, 3, 4]
+    assert [r.getMessage().split(",")[0] for r in seewhy_log.records] == [
+        "push: 1/5 batches (20%)", "push: 2/5 batches (40%)", "push: 3/5 batches (60%)", "push: 4/5 batches (80%)"]
+    seewhy_log.clear()
+    assert list(progress.track(range(3), 3, "quiet", enabled=False)) == [0, 1, 2]
+    assert seewhy_log.records == []

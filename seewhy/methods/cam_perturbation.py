@@ -36,7 +36,9 @@ def _weighted_sum(w: Tensor, a: Tensor) -> Tensor:
 @dataclass
 class ScoreCAM(CAMMethod):
     """Score-CAM (Wang et al. 2020, arXiv:1910.01279): M = sum_k w_k A_k, w = softmax_k(S(x * H_k) - S(x_b)),
-    H_k = min-max(upsample(A_k)) (bilinear to the input size), x_b = 0.
+    H_k = min-max(upsample(A_k)) (bilinear to the input size, ``align_corners=False`` as in the official code;
+    pytorch-grad-cam upsamples with ``align_corners=True``, which moves the masks by a fraction of a cell: map
+    correlation 0.993 at efficientnet_lite0's last layer on chelsea), x_b = 0.
 
     ``score="logit"`` (default) scores the raw model output, as TorchCAM and pytorch-grad-cam do; the paper's
     official code uses the softmax probability of the class, ``score="probability"``. The baseline score only

@@ -161,8 +161,10 @@ class _Relevance(torch.autograd.Function):
                 "write that operation out of place to explain this model with LRP"
             )
         r = saved.num * grad  # a fresh tensor (the node may overwrite it) in the layout of the forward
-        for holder in saved.ledger:
-            holder.append(_sample_sums(r))
+        if saved.ledger:  # the relevance of this output, entering the folded BatchNorms and the layers it feeds
+            sums = _sample_sums(r)
+            for holder in saved.ledger:
+                holder.append(sums)
         node, ctx.node, ctx.x, ctx.saved = ctx.node, None, None, None  # free coefficients and inputs as we go
         return None, node.backward(r), None, None
 
@@ -269,6 +271,7 @@ class _LRPMode(TorchFunctionMode):
         # weak references: a dead intermediate (a layer output folded into a BatchNorm / rectifier) is freed
         self.outputs: dict[int, weakref.ref] = {}
         self.nonneg: dict[int, weakref.ref] = {}
+        self.padded: dict[int, tuple[weakref.ref, Any]] = {}  # zero-padded node outputs -> the node (ledger)
         self.first_seen = False
         self.input_rule = False
         self.count = 0
@@ -288,11 +291,15 @@ class _LRPMode(TorchFunctionMode):
         if self.outputs and id(args[0]) in self.outputs and _is_inplace(func):
             self._unshare(args[0])
         out = func(*args, **kwargs)
-        if func is F.pad and self._is_nonneg(args[0]) and isinstance(out, Tensor):
+        if func is F.pad and isinstance(out, Tensor):
             value = kwargs.get("value", args[3] if len(args) > 3 else None)
             mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-            if mode != "constant" or value is None or value >= 0:
+            if self._is_nonneg(args[0]) and (mode != "constant" or value is None or value >= 0):
                 self._mark_nonneg(out)
+            if self.ledger and mode == "constant" and not value:  # zero padding adds no relevance: the padded
+                ctx = self._node_of(args[0])  # tensor's relevance sum is its node's
+                if ctx is not None:
+                    self.padded[id(out)] = (weakref.ref(out), ctx)
         return out
 
     # --- the nodes ----------------------------------------------------------------------------------------
@@ -453,6 +460,12 @@ class _LRPMode(TorchFunctionMode):
         if not self.ledger:
             return
         holder = self._entry(name)
+        entry = self._node_of(x)
+        if entry is None and id(x) in self.padded and self.padded[id(x)][0]() is x:
+            entry = self.padded[id(x)][1]
+        if entry is not None and not is_input_rule:  # x is a node's output (or zero-padded): that node's R
+            entry.saved.ledger = [*entry.saved.ledger, holder]  # (a new list: folded nodes may share the old one)
+            return
         xd = x.detach()
 
         def hook(g: Tensor) -> None:
