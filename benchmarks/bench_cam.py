@@ -13,10 +13,11 @@ so its ScoreCAM weight loop is re-created (not its code): every one of the 1280 
 ``nn.UpsamplingBilinear2d`` (align_corners=True), min-max normalised, multiplied with the input (all masked inputs
 built at once), forwards in batches of ``--pgc-batch`` (16, its default when ``cam.batch_size`` is not set) under
 ``torch.no_grad()`` in the default memory format, one ``.item()`` per score, softmax. Next to it, at the same batch
-size and at the engine's default: seewhy's engine (``seewhy.engine.evaluate``: inference mode, channels_last,
-masks built per chunk) on ALL 1280 channels plus the baseline forward, and seewhy's Score-CAM itself, which skips
-the constant channels (usable channels + 1 baseline forward, ``extras["evaluations"]``). The steps from one to the
-next split the speed-up into the engine at the same batch size, the engine's batch size, and the skipped channels.
+size and at the batch size the engine measures: seewhy's engine (``seewhy.engine.evaluate``: inference mode,
+channels_last, masks built per chunk) on ALL 1280 channels plus the baseline forward, and seewhy's Score-CAM
+itself, which skips the constant channels (usable channels + 1 baseline forward, ``extras["evaluations"]``). The
+steps from one to the next split the speed-up into the engine at the same batch size, the engine's batch size, and
+the skipped channels.
 Every side is warmed up (the 1280-channel sides on their first 2 x 64 channels: the same chunk shapes) and the
 sides are timed interleaved, ``--scorecam-repeat`` rounds. ``--scorecam-limit N`` evaluates only N channels on the
 1280-channel sides (a smoke run; the table says so).
@@ -40,6 +41,7 @@ from common import (
     RESULTS,
     TRAINING,
     best_forward,
+    engine_batch,
     environment,
     forward_step,
     input_only_step,
@@ -125,7 +127,7 @@ def scorecam_section(model: nn.Module, x: torch.Tensor, target: torch.Tensor, la
                      title: str) -> list[str]:
     """The Score-CAM table and the split of the speed-up into engine, batch size and skipped channels."""
     n = x.shape[0]
-    default = engine.default_batch_size(x)
+    default = engine_batch(model, x)  # the batch size the engine measured on this model
     pb, limit = args.pgc_batch, args.scorecam_limit
     best = best_forward(model, x, 3)
     results: dict[str, torch.Tensor] = {}
@@ -167,9 +169,10 @@ def scorecam_section(model: nn.Module, x: torch.Tensor, target: torch.Tensor, la
         ("pgc", f"pytorch-grad-cam procedure (re-created), {chans}", k_run, pb,
          "no_grad, contiguous, .item() per score"),
         ("all_pb", f"seewhy engine, {chans} + 1 baseline", k_run + 1, pb, "engine.evaluate"),
-        ("all_default", f"seewhy engine, {chans} + 1 baseline", k_run + 1, default, "engine.evaluate, default batch"),
+        ("all_default", f"seewhy engine, {chans} + 1 baseline", k_run + 1, default,
+         "engine.evaluate, the engine's batch"),
         ("seewhy_pb", "seewhy scorecam", evals, pb, f"batch_size={pb}"),
-        ("seewhy", "seewhy scorecam", evals, default, "default batch size"),
+        ("seewhy", "seewhy scorecam", evals, default, "the engine's batch size"),
     ]
     rows = []
     for key, what, forwards, bs, shown in rows_spec:

@@ -26,9 +26,7 @@ stderr through :mod:`logging`; stdout gets only the path of the written report.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
 import logging
 import os
 import sys
@@ -43,8 +41,8 @@ from torch import Tensor
 
 from . import __version__, estimate, images, report, zoo
 from .argtypes import device as _device
-from .argtypes import positive_int
-from .core import FAMILIES, METHODS, explain, get_method, seeded
+from .argtypes import positive_int, setting
+from .core import METHODS, explain, get_method, seeded
 from .hooks import model_state
 from .layers import resolve_layer
 from .progress import format_seconds, progress, set_progress
@@ -177,13 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", parents=[common], help="list the registered attribution methods",
                        description="The registered methods by family, with their cost per image; -v adds the full "
                                    "description and every parameter with its default.")
-    p.set_defaults(func=_cmd_methods)
+    p.set_defaults(func=_cmd_list)
     p = sub.add_parser("metrics", parents=[common], help="list the registered evaluation metrics",
                        description="The registered metrics: family, direction, cost per image and method, and what "
                                    "they need besides the image and the map; -v adds the description and parameters.")
-    p.set_defaults(func=_cmd_metrics)
+    p.set_defaults(func=_cmd_list)
     p = sub.add_parser("models", parents=[common], help="list the zoo models")
-    p.set_defaults(func=_cmd_models)
+    p.set_defaults(func=_cmd_list)
 
     from .protopnet import cli as protopnet_cli
 
@@ -248,95 +246,14 @@ def _log_warning(message: Warning | str, category: type[Warning], filename: str,
 # -- subcommands ---------------------------------------------------------------------------------------
 
 
-def _cmd_methods(args: argparse.Namespace) -> int:
-    rows = sorted(METHODS.items(), key=lambda kv: FAMILIES.index(kv[1].family) if kv[1].family in FAMILIES
-                  else len(FAMILIES))
-    width = max(map(len, METHODS), default=0)
-    family = None
-    for name, cls in rows:
-        method = cls()
-        cost = method.cost()
-        if cls.family != family:
-            family = cls.family
-            print(f"{'' if not args.verbose and name == rows[0][0] else chr(10)}{family}")
-        if not args.verbose:
-            print(f"  {name:<{width}}  {cost.describe():<34}  {_summary(cls, 90)}")
-            continue
-        print(f"  {name}  ({cls.__name__}; {cls.kind} attributions{'' if cls.in_all else '; run only when named'})")
-        print(f"    cost per image: {cost.describe()}"
-              + (f"; lower it with --set {name}.{cost.lower}=..." if cost.lower else ""))
-        for line in (inspect.getdoc(cls) or "").splitlines():
-            print(f"    {line}".rstrip())
-        fields = dataclasses.fields(cls)
-        if fields:
-            print("    parameters:")
-            for f in fields:
-                print(f"      {f.name} = {_default(f)}")
+def _cmd_list(args: argparse.Namespace) -> int:
+    """``seewhy methods | metrics | models``: the registry as text (seewhy.listings)."""
+    from . import listings
+
+    print({"methods": lambda: listings.methods_listing(verbose=args.verbose),
+           "metrics": lambda: listings.metrics_listing(verbose=args.verbose),
+           "models": listings.models_listing}[args.command]())
     return EXIT_OK
-
-
-def _default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return repr(f.default_factory())  # type: ignore[misc]
-    return "(required)"
-
-
-NEEDS = {"mask": "object masks (--masks/--boxes)", "method": "re-runs the method"}
-
-
-def _cmd_metrics(args: argparse.Namespace) -> int:
-    from .evaluate import cost_unit
-    from .metrics import METRICS
-
-    rows = []
-    for name in sorted(METRICS, key=lambda n: (METRICS[n].family, n)):
-        spec = METRICS[name]
-        arrow = {True: "higher", False: "lower", None: "-"}[spec.higher_is_better]
-        n = int(spec.cost({"input_size": (224, 224)}))
-        cost = f"{n} {cost_unit(name).replace('explanations', 'explanation' if n == 1 else 'explanations')}" \
-            if n else "none"
-        if name == "model_randomization":
-            cost = "1 explanation per layer group"
-        rows.append((spec, (name, spec.family, arrow, cost, ", ".join(NEEDS.get(x, x) for x in spec.needs) or "-")))
-    if not args.verbose:
-        head = ("metric", "family", "better", "cost per image (224x224)", "needs")
-        widths = [max(len(c) for c in col) for col in zip(head, *(cells for _, cells in rows), strict=True)]
-        for spec, cells in [(None, head), *rows]:
-            what = "what" if spec is None else _summary(spec.fn, 70)
-            print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + what)
-        return EXIT_OK
-    for spec, (name, family, arrow, cost, needs) in rows:
-        print(f"{name}  ({family}; {arrow} is better)")
-        print(f"    cost per image and method: {cost} (at 224x224 with the default settings)")
-        print(f"    needs: {needs}")
-        for line in (inspect.getdoc(spec.fn) or "").splitlines():
-            print(f"    {line}".rstrip())
-        params = [p for p in inspect.signature(spec.fn).parameters.values()
-                  if p.name not in ("model", "inputs", "attributions", "target", "kwargs")]
-        if params:
-            print("    parameters:")
-            for p in params:
-                default = "(required)" if p.default is inspect.Parameter.empty else repr(p.default)
-                print(f"      {p.name} = {default}")
-        print()
-    return EXIT_OK
-
-
-def _summary(cls: type, limit: int = 100) -> str:
-    """The first paragraph of a docstring on one line (the summary often wraps), shortened to ``limit``."""
-    doc = inspect.getdoc(cls) or ""
-    text = " ".join(doc.split("\n\n", 1)[0].split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    width = max(map(len, zoo.MODELS), default=0)
-    for name, spec in zoo.MODELS.items():
-        weights = "pretrained" if spec.has_weights else "no weights"
-        print(f"{name:<{width}}  {weights:<10}  {spec.description}")
-    return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -383,10 +300,11 @@ EVALUATE_SETTINGS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_step
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import DEFAULT_METRICS, check_metric_params, evaluate
     from .evaluation_report import write_evaluation_report
+    from .labels import load_labels, table_entry
     from .metrics import METRICS, get_metric, list_metrics
     from .metrics.localization import boxes_to_masks, load_boxes, load_masks
 
-    metric_sets = [item for item in args.sets if _parse_set(item)[0] in METRICS]
+    metric_sets = [item for item in args.sets if setting(item)[0] in METRICS]
     args.sets = [item for item in args.sets if item not in metric_sets]
     if args.method is None:
         args.method = [",".join(m for m in EVALUATE_METHODS if m in METHODS)]
@@ -403,7 +321,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"metrics {', '.join(need_masks)} need object masks: give --masks or --boxes")
     metric_params: dict[str, dict[str, Any]] = {}
     for item in metric_sets:
-        m, key, value = _parse_set(item)
+        m, key, value = setting(item)
         if m not in metrics:
             raise UsageError(f"--set {item}: {m!r} is not among the metrics of this run ({', '.join(metrics)})")
         metric_params.setdefault(m, {})[key] = value
@@ -441,14 +359,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         masks = load_masks([args.masks[i] for i in ok], size, resize=spec.resize)
     elif args.boxes:
         boxes = load_boxes(args.boxes)
-        missing = [str(p) for p, _ in kept if _key(p, boxes) is None]
+        missing = [str(p) for p, _ in kept if table_entry(p, boxes) is None]
         if missing:
             raise UsageError(f"{args.boxes} has no boxes for {', '.join(missing)} (its keys: "
                              f"{', '.join(sorted(boxes)[:10])}{', ...' if len(boxes) > 10 else ''}); give boxes for "
                              "every image, keyed by its path or file name (an empty list for an image without objects)")
-        found = [boxes[_key(p, boxes)] for p, _ in kept]
+        found = [boxes[table_entry(p, boxes)] for p, _ in kept]
         masks = boxes_to_masks(found, size, image_size=[img.size for _, img in kept], resize=spec.resize)
-    labels = _labels(args.labels, [p for p, _ in kept], class_names) if args.labels else None
+    labels = load_labels(args.labels, [p for p, _ in kept], class_names) if args.labels else None
 
     output = _predict(model, _batches(inputs, args.batch_size, device), args.target, class_names)
     if output is not None:
@@ -481,56 +399,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return _exit_code(failures, list(result.errors))
 
 
-def _key(path: Any, table: dict[str, Any]) -> str | None:
-    """The entry of a per-image table (boxes, labels) for an image file: by the path as given, else its name."""
-    from pathlib import Path
-
-    for k in (str(path), Path(path).name):
-        if k in table:
-            return k
-    return None
-
-
-def _labels(file: str, paths: Sequence[Any], class_names: Sequence[str] | None) -> list[int]:
-    """True classes for ``paths`` from a JSON {image: class} or a CSV with columns image,label."""
-    import csv
-    import json
-    from pathlib import Path
-
-    p = Path(file)
-    if not p.is_file():
-        raise UsageError(f"labels file not found: {p}")
-    if p.suffix.lower() == ".json":
-        try:
-            table = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UsageError(f"{p} is not valid JSON: {err}") from None
-        if not isinstance(table, dict):
-            raise UsageError(f"{p}: expected a JSON object {{image file name: class}}")
-    elif p.suffix.lower() == ".csv":
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
-                raise UsageError(f"{p}: the CSV needs a header with columns image,label")
-            table = {row["image"].strip(): row["label"].strip() for row in reader}
-    else:
-        raise UsageError(f"unsupported labels file {p}: use .json or .csv")
-    out = []
-    for path in paths:
-        k = _key(path, table)
-        if k is None:
-            raise UsageError(f"{p} has no label for {path}; give a label for every image")
-        value = table[k]
-        try:
-            out.append(int(value))
-        except (TypeError, ValueError):
-            t = make_target(str(value), 1, class_names)
-            if t.indices is None:
-                raise UsageError(f"{p}: label {value!r} of {path} is not a class index or name") from None
-            out.append(int(t.indices[0]))
-    return out
-
-
 # -- wiring --------------------------------------------------------------------------------------------
 
 
@@ -544,7 +412,7 @@ def _plan(args: argparse.Namespace, defaults: dict[str, dict[str, Any]] | None =
         fields = {f.name for f in dataclasses.fields(METHODS[m])}
         params[m] = seeded(m, {k: v for k, v in (defaults or {}).get(m, {}).items() if k in fields}, args.seed)
     for item in args.sets:
-        m, key, value = _parse_set(item)
+        m, key, value = setting(item)
         if m not in METHODS:
             get_method(m)  # raises: unknown method, with the registered names
         if m not in params:
@@ -572,25 +440,6 @@ def _methods(values: Sequence[str] | None) -> list[str]:
     return out
 
 
-def _parse_set(item: str) -> tuple[str, str, Any]:
-    name, eq, text = item.partition("=")
-    method, dot, key = name.strip().partition(".")
-    if not eq or not dot or not method or not key:
-        raise UsageError(f"--set expects METHOD.PARAM=VALUE (e.g. integrated_gradients.n_steps=20), got {item!r}")
-    return method, key.strip(), _literal(text.strip())
-
-
-def _literal(text: str) -> Any:
-    """A Python/JSON literal (20, 0.1, 'x', [1, 2], true, null), else the text itself."""
-    lowered = {"true": True, "false": False, "null": None, "none": None}
-    if text.lower() in lowered:
-        return lowered[text.lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text
-
-
 def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, model_info: dict[str, Any],
          named: list[tuple[str, str, Any]], failures: list[tuple[str, str]], methods: list[str],
          params: dict[str, dict[str, Any]], device: torch.device, *, n_inputs: int,
@@ -612,7 +461,7 @@ def _run(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, 
     output = _predict(model, batches, args.target, class_names)
     if output is not None:
         rows = [dataclasses.replace(r, output=output[i]) for i, r in enumerate(rows)]
-    _log_estimate(model, batches[0], methods, params, len(rows), args.target)
+    estimate.log_run(model, batches[0], methods, params, len(rows), classes=parse_topk(args.target) or 1)
 
     runs = _explain_all(model, batches, methods, params, args.target)
     if not any(r.ok for r in runs):
@@ -652,21 +501,6 @@ def _check_target(target: str, class_names: Sequence[str] | None) -> int:
         return k
     make_target(target, 1, class_names)
     return 1
-
-
-def _log_estimate(model: torch.nn.Module, x: Tensor, methods: list[str], params: dict[str, dict[str, Any]],
-                  n_images: int, target: str) -> estimate.Timing | None:
-    """Say what the run will cost, per method and image, before it starts (skipped with -q)."""
-    if not log.isEnabledFor(logging.INFO):
-        return None
-    timing = estimate.time_model(model, x)
-    k = parse_topk(target) or 1
-    log.info("cost per image (%s):", estimate.describe_timing(timing))
-    total = estimate.log_estimates(estimate.estimate_methods(model, x, methods, params, timing), n_images,
-                                   repeat=k)
-    log.info("about %s in all for %d image(s)%s", format_seconds(total), n_images,
-             f", {k} classes each" if k > 1 else "")
-    return timing
 
 
 def _prepare(named: list[tuple[str, str, Any]], spec: zoo.ModelSpec

@@ -185,3 +185,27 @@ def _literal(v: Any) -> str:
     if isinstance(v, tuple):
         return "[" + ",".join(map(str, v)) + "]"
     return repr(v) if isinstance(v, str) else str(v)
+
+
+def log_run(model: nn.Module, inputs: Tensor, methods: Sequence[str], params: Mapping[str, Mapping[str, Any]],
+            images: int, *, classes: int = 1, metrics: Sequence[str] = (),
+            metric_costs: Mapping[str, int] | None = None) -> Timing | None:
+    """Before a run: log what each method (and metric) will cost per image, the warnings for slow methods, and the
+    time in all for ``images`` images (``classes`` explained per image). Nothing (and no timing) unless the
+    ``seewhy`` logger shows INFO. Returns the timing."""
+    if not log.isEnabledFor(logging.INFO):
+        return None
+    timing = time_model(model, inputs)
+    log.info("cost per image (%s):", describe_timing(timing))
+    found = estimate_methods(model, inputs, methods, params, timing)
+    total = log_estimates(found, images, repeat=classes)
+    if metrics:
+        log.info("metrics, per image and method:")
+        per_call = {e.name: e.seconds for e in found}
+        found_metrics = estimate_metrics(metrics, metric_costs or {}, per_call, timing)
+        total += len(methods) * log_estimates(found_metrics, images, what="metric")
+    what = f"{images} image(s)" + (f", {classes} classes each" if classes > 1 else "")
+    if metrics:
+        what += f", {len(methods)} method(s) and {len(metrics)} metric(s)"
+    log.info("about %s in all for %s", format_seconds(total), what)
+    return timing

@@ -238,9 +238,12 @@ def evaluate(
             raise ValueError(f"metric_params names {m!r}, which is not among the metrics ({', '.join(metrics)})")
         check_metric_params(m, p)
     costs = metric_costs(model, inputs, metrics, metric_params)
-    if estimate and log.isEnabledFor(logging.INFO):
-        _log_estimate(model, inputs, [*names, *extra], {m: seeded(m, method_params.get(m), seed) for m in
-                                                       [*names, *extra]}, metrics, costs)
+    if estimate:
+        from .estimate import log_run
+
+        run = [*names, *extra]
+        log_run(model, inputs, run, {m: seeded(m, method_params.get(m), seed) for m in run}, n, metrics=metrics,
+                metric_costs=costs)
 
     chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     result = Evaluation(names, extra, metrics, {}, {}, {}, {}, {}, costs)
@@ -279,24 +282,6 @@ def evaluate(
     if labels is not None:
         result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed, batch_size)
     return result
-
-
-def _log_estimate(model: nn.Module, inputs: Tensor, methods: list[str], params: Mapping[str, Mapping[str, Any]],
-                  metrics: list[str], costs: Mapping[str, int]) -> None:
-    """Log what each method and metric will cost per image (evaluations and seconds) and the total."""
-    from . import estimate
-
-    n = inputs.shape[0]
-    timing = estimate.time_model(model, inputs)
-    log.info("cost per image (%s):", estimate.describe_timing(timing))
-    found = estimate.estimate_methods(model, inputs, methods, params, timing)
-    total = estimate.log_estimates(found, n)
-    log.info("metrics, per image and method:")
-    seconds = {e.name: e.seconds for e in found}
-    total += len(methods) * estimate.log_estimates(estimate.estimate_metrics(metrics, costs, seconds, timing), n,
-                                                   what="metric")
-    log.info("about %s in all for %d image(s), %d method(s) and %d metric(s)", format_seconds(total), n, len(methods),
-             len(metrics))
 
 
 def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: list[slice], method: str,

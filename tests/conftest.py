@@ -3,6 +3,10 @@ seeded inputs, and fast settings for every registered method."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -59,3 +63,13 @@ def any_model(request: pytest.FixtureRequest) -> torch.nn.Module:
 def inputs() -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
     return torch.randn(3, 3, 32, 32, generator=g)
+
+
+def user_efficientnet() -> ModuleType:
+    """examples/user_efficientnet.py as a module (examples is not a package): an EfficientNet-Lite0 written as a
+    user would, without seewhy's helpers."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "user_efficientnet.py"
+    spec = importlib.util.spec_from_file_location("user_efficientnet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

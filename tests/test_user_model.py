@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
+from conftest import user_efficientnet
 
 import seewhy
 import seewhy.zoo
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "user_efficientnet.py"
-
-
-def load_example() -> ModuleType:
-    """examples/user_efficientnet.py as a module (examples is not a package)."""
-    spec = importlib.util.spec_from_file_location("user_efficientnet", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_user_efficientnet_matches_the_zoo_model() -> None:
-    user_model = load_example().build(pretrained=True)
+    user_model = user_efficientnet().build(pretrained=True)
     zoo_model = seewhy.zoo.load("efficientnet_lite0")
     spec = seewhy.zoo.get_spec("efficientnet_lite0")
     x = spec.preprocess(seewhy.images.bundled_image("chelsea"))[None]
@@ -43,7 +30,7 @@ def test_user_efficientnet_matches_the_zoo_model() -> None:
 def test_scorecam_at_the_signed_head_convolution_says_why_its_map_is_empty() -> None:
     """The trial's case: Score-CAM at conv_head (before BatchNorm and ReLU6) is negative everywhere, so its rectified
     heatmap is empty; the explanation says so and names the layer after the activation."""
-    model = load_example().build(pretrained=True)
+    model = user_efficientnet().build(pretrained=True)
     spec = seewhy.zoo.get_spec("efficientnet_lite0")
     x = spec.preprocess(seewhy.images.bundled_image("chelsea"))[None]
     exp = seewhy.explain(model, x, "scorecam", layer="conv_head", target=282)

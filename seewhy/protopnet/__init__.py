@@ -35,17 +35,15 @@ from .model import (
 )
 from .push import PushResult, push_prototypes
 from .report import CONSTANT_PATCH_STD, LocalRow, write_protopnet_report
+from .runs import Run, load_run, train_folder
 from .train import (
-    Run,
     Stage,
     TrainConfig,
     TrainResult,
     evaluate,
-    load_run,
     protopnet_loss,
     schedule,
     train,
-    train_folder,
 )
 
 __all__ = [

@@ -171,7 +171,8 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> int:
     from .data import Augment
-    from .train import TrainConfig, train_folder
+    from .runs import train_folder
+    from .train import TrainConfig
 
     device = _device(args.device)
     augment = Augment(0.0, 0.0, 0.0) if args.no_augment else Augment(flip=0.0) if args.no_flip else Augment()
@@ -220,7 +221,7 @@ def _info(run_: Any) -> dict[str, Any]:
 def _explain(args: argparse.Namespace) -> int:
     from .explain import explain_local
     from .report import LocalRow, write_protopnet_report
-    from .train import load_run
+    from .runs import load_run
 
     device = _device(args.device)
     run_ = load_run(args.run_dir, args.checkpoint, device=device)
@@ -255,7 +256,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _prototypes(args: argparse.Namespace) -> int:
     from .explain import explain_global
     from .report import write_protopnet_report
-    from .train import load_run
+    from .runs import load_run
 
     device = _device(args.device)
     run_ = load_run(args.run_dir, args.checkpoint, device=device)

@@ -43,28 +43,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from .. import images as _images
 from ..hooks import model_state
-from ..report import _atomic, prepare_out_dir
-from .data import Augment, FolderImages, ImageSet, median_short_side, scan_folder, stratified_split
+from ..report import _atomic
+from .data import Augment, ImageSet
 from .explain import batches, normalize
-from .model import AUTO, Preprocessing, ProtoPNet, auto_backbone, build_backbone
+from .model import Preprocessing, ProtoPNet
 from .push import push_prototypes
 
 __all__ = [
-    "Run",
     "Stage",
     "TrainConfig",
     "TrainResult",
     "evaluate",
-    "load_run",
     "protopnet_loss",
     "schedule",
     "train",
-    "train_folder",
 ]
 
 log = logging.getLogger("seewhy")
@@ -288,19 +283,19 @@ def _save(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
-def _write_json(obj: Any, path: Path) -> None:
+def write_json_file(obj: Any, path: Path) -> None:
     with _atomic(path) as f:
         f.write(json.dumps(obj, indent=2, allow_nan=True).encode("utf-8"))
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read {str(path)!r}: {err}") from err
 
 
-def _load(path: Path, device: torch.device | str) -> Any:
+def load_state(path: Path, device: torch.device | str) -> Any:
     if not path.is_file():
         raise ValueError(f"no checkpoint {str(path)!r}")
     try:
@@ -371,7 +366,7 @@ def train(
         if not resume and any((out / n).exists() for n in ("last.pt", "best.pt")):
             raise FileExistsError(f"{str(out)!r} already holds a run (last.pt/best.pt); pass resume=True to continue "
                                   "it, or choose another run_dir")
-        saved = _read_json(out / "config.json") if resume and (out / "config.json").is_file() else None
+        saved = read_json(out / "config.json") if resume and (out / "config.json").is_file() else None
         if saved is not None and not isinstance(saved, dict):
             raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
         if resume and (out / "last.pt").is_file():
@@ -379,26 +374,26 @@ def train(
                 diff = sorted(k for k in run_config["train"] if saved.get("train", {}).get(k) != run_config["train"][k])
                 raise ValueError(f"cannot resume {str(out)!r} with other training settings ({', '.join(diff)}); "
                                  "resume with the saved config.json or start a new run")
-            state = _load(out / "last.pt", device)
+            state = load_state(out / "last.pt", device)
             model.load_state_dict(state["model"])
             for key in ("warm", "joint", "last", "scheduler"):
                 opt[key].load_state_dict(state[key])
             start = int(state["stage"]) + 1
-            history = _read_json(out / "history.json") if (out / "history.json").is_file() else []
+            history = read_json(out / "history.json") if (out / "history.json").is_file() else []
             if len(history) < start:
                 log.warning("%s has %d entries for %d finished stages: the history misses stages",
                             out / "history.json", len(history), start)
             history = history[:start]
             if (out / "best.json").is_file() and (out / "best.pt").is_file():
-                best = _read_json(out / "best.json")
-                best_state = _load(out / "best.pt", "cpu")
+                best = read_json(out / "best.json")
+                best_state = load_state(out / "best.pt", "cpu")
             log.info("resuming %s after stage %d/%d (%s)", out, start, len(stages),
                      stages[start - 1] if start else "start")
         elif resume:
             log.warning("nothing to resume in %s (no last.pt): starting from the beginning", out)
         if saved is not None:  # keep what this call does not restate (backbone, data from train_folder)
             run_config = {**saved, **run_config}
-        _write_json(run_config, out / "config.json")
+        write_json_file(run_config, out / "config.json")
 
     end = len(stages) if max_stages is None else min(len(stages), start + max_stages)
     name = (run_config.get("backbone") or {}).get("name") or type(model.features).__name__
@@ -447,9 +442,9 @@ def train(
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 if out is not None:
                     _save(best_state, out / "best.pt")
-                    _write_json(best, out / "best.json")
+                    write_json_file(best, out / "best.json")
             if out is not None:  # the history first: a resume drops entries after the stage of last.pt
-                _write_json(history, out / "history.json")
+                write_json_file(history, out / "history.json")
                 state = {"model": model.state_dict(), "stage": s, **{k: opt[k].state_dict() for k in
                                                                      ("warm", "joint", "last", "scheduler")}}
                 _save(state, out / "last.pt")
@@ -553,230 +548,3 @@ def _left(estimate: Mapping[str, float], spent: Mapping[str, float], done: list[
     scale = sum(spent.values()) / guessed if guessed > 0 else 1.0
     return sum(spent[st.phase] / count[st.phase] if st.phase in count else scale * estimate.get(st.phase, 0.0)
                for st in todo)
-
-
-# -- runs from an image folder -----------------------------------------------------------------------------
-
-
-def _build(backbone: Mapping[str, Any], model_cfg: Mapping[str, Any], pretrained: bool,
-           features: nn.Module | None = None) -> tuple[ProtoPNet, Preprocessing]:
-    if features is None:
-        if backbone.get("name") is None:
-            raise ValueError("this run was trained with a custom trunk: pass features=<the trunk module> to "
-                             "load_run")
-        features, prep = build_backbone(backbone["name"], pretrained=pretrained, layer=backbone.get("layer"))
-    else:
-        prep = None
-    cfg = dict(model_cfg)
-    model = ProtoPNet(features, cfg.pop("num_classes"), **cfg)
-    return model, prep  # type: ignore[return-value]
-
-
-def train_folder(
-    data_dir: str | os.PathLike,
-    run_dir: str | os.PathLike,
-    *,
-    backbone: str | None = None,
-    pretrained: bool = True,
-    trunk_layer: str | None = None,
-    image_size: int | None = None,
-    prototypes_per_class: int = 10,
-    prototype_dim: int = 128,
-    val_fraction: float = 0.1,
-    config: TrainConfig | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    max_stages: int | None = None,
-) -> TrainResult:
-    """Train a ProtoPNet on an ImageFolder-style directory (one sub-folder of images per class) into ``run_dir``.
-
-    A stratified ``val_fraction`` of each class is held out for validation (seeded by ``config.seed``).
-    ``backbone`` None or ``"auto"`` chooses from the data (:func:`seewhy.protopnet.auto_backbone`): ``small_cnn``
-    at 32 px when the median shorter side of the images is at most 64 px, else ``efficientnet_lite0``
-    (pretrained) at 224 px. With ``resume`` every setting comes from ``run_dir/config.json`` and the split from
-    ``split.json`` (the arguments but ``data_dir``, ``device`` and ``progress`` are ignored; the run keeps its
-    saved backbone).
-
-    Raises:
-        ValueError: a bad data directory (missing, empty class folder, unreadable images), bad settings.
-        FileExistsError: ``run_dir`` is not empty and neither ``resume`` nor ``overwrite`` is set.
-    """
-    config = config or TrainConfig()
-    out = Path(run_dir)
-    device = torch.device(device)
-    if resume and (out / "config.json").is_file():
-        saved = _read_json(out / "config.json")
-        if saved.get("seewhy_protopnet_run") != RUN_FORMAT:
-            raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
-        config = TrainConfig(**saved["train"])
-        split = _read_json(out / "split.json")
-        backbone_rec = saved["backbone"]
-        model_cfg = saved["model"]
-        classes = split["classes"]
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()})
-        train_files, train_labels = split["train"]["files"], split["train"]["labels"]
-        val_files, val_labels = split["val"]["files"], split["val"]["labels"]
-        record = {k: saved[k] for k in ("backbone", "data")}
-        record["data"] = {**record["data"], "root": str(Path(data_dir).resolve())}
-        name = (backbone_rec or {}).get("name") or "a custom trunk"
-        if backbone not in (None, AUTO, name):
-            log.warning("backbone %r ignored: the resumed run keeps its saved backbone %s", backbone, name)
-        log.info("backbone: %s (saved with the run)", name)
-    else:
-        if resume:
-            log.warning("nothing to resume in %s (no config.json): starting a new run", out)
-        prepare_out_dir(out, overwrite=overwrite, create=False)
-        classes, files, labels = scan_folder(data_dir)
-        for name in RUN_FILES:  # an overwritten run must not keep the old checkpoints
-            (out / name).unlink(missing_ok=True)
-        keep, held = stratified_split(labels, val_fraction, config.seed)
-        train_files, train_labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
-        val_files, val_labels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
-        backbone, why = _choose_backbone(backbone, data_dir, files, trunk_layer)
-        backbone_rec = {"name": backbone, "pretrained": pretrained, "layer": trunk_layer}
-        if why:
-            backbone_rec["chosen"] = why
-        model_cfg = None
-        record = {"backbone": backbone_rec,
-                  "data": {"root": str(Path(data_dir).resolve()), "val_fraction": val_fraction,
-                           "classes": classes, "n_train": len(train_files), "n_val": len(val_files)}}
-        split = {"classes": classes, "train": {"files": train_files, "labels": train_labels},
-                 "val": {"files": val_files, "labels": val_labels}}
-        prep = None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if model_cfg is None:
-            features, prep = build_backbone(backbone, pretrained=pretrained, layer=trunk_layer)
-            if image_size is not None:
-                prep = dataclasses.replace(prep, image_size=int(image_size))
-            model = ProtoPNet(features, len(classes), prototypes_per_class=prototypes_per_class,
-                              prototype_dim=prototype_dim, class_names=classes)
-            log.info("backbone: %s, %s%s", backbone, _weights(backbone, pretrained),
-                     f" (chosen automatically: {why}; pass --backbone / backbone= to choose)" if why else "")
-        else:  # the weights come from last.pt; without it (stopped in the first stage) start as the run did
-            fresh = not (out / "last.pt").is_file()
-            model, _ = _build(backbone_rec, model_cfg, pretrained=fresh and bool(backbone_rec.get("pretrained")))
-    model.to(device)
-    train_data = FolderImages(data_dir, train_files, train_labels, classes, prep.image_size, progress=progress)
-    val_data = FolderImages(data_dir, val_files, val_labels, classes, prep.image_size, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(split, out / "split.json")
-    return train(model, train_data, val_data, prep, config, run_dir=out, resume=resume, record=record,
-                 progress=progress, max_stages=max_stages)
-
-
-def _choose_backbone(backbone: str | None, data_dir: str | os.PathLike, files: list[str],
-                     trunk_layer: str | None) -> tuple[str, str]:
-    """``(name, why)``: ``backbone`` itself (why empty), or the automatic choice from the images' sizes."""
-    if backbone not in (None, AUTO):
-        if not isinstance(backbone, str) or not backbone:
-            raise ValueError(f"backbone must be a name or a model spec (or None / 'auto'), got {backbone!r}")
-        return backbone, ""
-    if trunk_layer is not None:
-        raise ValueError(f"trunk layer {trunk_layer!r} given without a backbone: name the backbone it belongs to "
-                         "(--backbone NAME / backbone=...), or drop the trunk layer")
-    return auto_backbone(median_short_side(data_dir, files), len(files))
-
-
-def _weights(name: str, pretrained: bool) -> str:
-    """How the trunk ``name`` starts, in words."""
-    from .. import zoo
-
-    if name in zoo.MODELS:
-        return "pretrained" if pretrained and zoo.get_spec(name).has_weights else "random initial weights"
-    return "random initial weights" if name == "small_cnn" else "weights as the model spec loads them"
-
-
-@dataclass
-class Run:
-    """A trained run loaded from its directory: the model (eval mode), its preprocessing and records."""
-
-    model: ProtoPNet
-    prep: Preprocessing
-    config: dict[str, Any]
-    run_dir: Path
-    checkpoint: str
-    best: dict[str, Any] | None = None
-    split: dict[str, Any] | None = None
-
-    @property
-    def percentile(self) -> float:
-        """The percentile of the similarity map that bounds the boxes (the run's setting, 95 by default)."""
-        return float(self.config.get("train", {}).get("percentile", 95.0))
-
-    @property
-    def data_root(self) -> Path | None:
-        root = self.config.get("data", {}).get("root")
-        return Path(root) if root else None
-
-    def preprocess(self, image: Image.Image) -> Tensor:
-        """A PIL/uint8 image -> the model's float (3, S, S) input."""
-        s = self.prep.image_size
-        return _images.preprocess(image, resize=s, crop=s, mean=self.prep.mean, std=self.prep.std)
-
-    def train_set(self, data_dir: str | os.PathLike | None = None, *, preload: bool = False) -> FolderImages:
-        """The training split (the push set), read from ``data_dir`` (default: the directory trained on).
-
-        Raises:
-            ValueError: the run has no recorded split, or the data directory or its files are missing.
-        """
-        if self.split is None:
-            raise ValueError(f"run {str(self.run_dir)!r} has no split.json: it was not trained from an image "
-                             "folder, so its training images are unknown")
-        root = Path(data_dir) if data_dir is not None else self.data_root
-        if root is None or not root.is_dir():
-            raise ValueError(f"the training data directory {str(root)!r} of run {str(self.run_dir)!r} is missing; "
-                             "pass the directory it was trained on (--data DIR)")
-        files = self.split["train"]["files"]
-        gone = [f for f in files[:1000] if not (root / f).is_file()]
-        if gone:
-            raise ValueError(f"{len(gone)} training file(s) of the run are missing under {str(root)!r} "
-                             f"(e.g. {gone[0]!r}); pass the directory the run was trained on (--data DIR)")
-        return FolderImages(root, files, self.split["train"]["labels"], self.split["classes"],
-                            self.prep.image_size, preload=preload)
-
-
-def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", *, device: str | torch.device = "cpu",
-             features: nn.Module | None = None) -> Run:
-    """Load a run written by :func:`train_folder` (or :func:`train` with ``run_dir``).
-
-    Args:
-        checkpoint: ``"best"`` (the pushed model with the best validation accuracy) or ``"last"``.
-        features: the trunk module, for runs trained with a custom trunk.
-
-    Raises:
-        ValueError: no run at ``run_dir``, an unknown or missing checkpoint, a checkpoint that does not fit.
-    """
-    path = Path(run_dir)
-    if not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "has no config.json"
-        raise ValueError(f"no ProtoPNet run at {str(path)!r}: the folder {what}; train one with "
-                         "`seewhy protopnet train DATA_DIR --out RUN_DIR`")
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    config = _read_json(path / "config.json")
-    if config.get("seewhy_protopnet_run") != RUN_FORMAT:
-        raise ValueError(f"{str(path / 'config.json')!r} is not a seewhy ProtoPNet run config")
-    with torch.random.fork_rng(devices=[]):
-        model, prep = _build(config.get("backbone") or {}, config["model"], pretrained=False, features=features)
-    saved_prep = config.get("preprocessing")
-    if saved_prep:
-        prep = Preprocessing(int(saved_prep["image_size"]), tuple(saved_prep["mean"]), tuple(saved_prep["std"]))
-    file = path / f"{checkpoint}.pt"
-    if not file.is_file():
-        raise ValueError(f"run {str(path)!r} has no {checkpoint}.pt yet (a run saves best.pt after its first push); "
-                         "use --checkpoint last or train longer")
-    state = _load(file, "cpu")
-    if checkpoint == "last":
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {str(file)!r} does not fit the model in config.json: {err}") from err
-    model.to(device).eval()
-    best = _read_json(path / "best.json") if (path / "best.json").is_file() else None
-    split = _read_json(path / "split.json") if (path / "split.json").is_file() else None
-    return Run(model=model, prep=prep, config=config, run_dir=path, checkpoint=checkpoint, best=best, split=split)
-

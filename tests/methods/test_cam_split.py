@@ -6,29 +6,18 @@ ran (``extras["ablation_path"]``, ``extras["tail"]``).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import user_efficientnet
 from torch import nn
 
 import seewhy
 from seewhy.core import Cost
 from seewhy.hooks import count_hooks
 from seewhy.methods.cam_perturbation import children_tail, fx_tail
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "user_efficientnet.py"
-
-
-def _user_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("user_efficientnet", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _x(shape: tuple[int, ...] = (3, 3, 16, 16), seed: int = 0) -> torch.Tensor:
@@ -248,7 +237,7 @@ def test_costs() -> None:
 
 
 def test_user_efficientnet_takes_the_tail_path() -> None:
-    model = _user_example().build(pretrained=True)
+    model = user_efficientnet().build(pretrained=True)
     spec = seewhy.zoo.get_spec("efficientnet_lite0")
     x = spec.preprocess(seewhy.images.bundled_image("chelsea"))[None]
     snap = _snapshot(model)

@@ -281,7 +281,7 @@ def test_a_crash_while_checkpointing_keeps_the_history_consistent(tmp_path: Path
     data, _ = synthetic(3, seed=0)
     config = TrainConfig(**{**TINY.to_dict(), "epochs": 2})  # warm 0, joint 1, push 1, last 1
     expected = [h["phase"] for h in train(new_model(), data, data, PREP, config, progress=False).history]
-    write_json, save = TRAIN_MODULE._write_json, TRAIN_MODULE._save
+    write_json, save = TRAIN_MODULE.write_json_file, TRAIN_MODULE._save
 
     def crashing(name: str) -> Callable[[object, Path], None]:
         calls = []
@@ -297,7 +297,7 @@ def test_a_crash_while_checkpointing_keeps_the_history_consistent(tmp_path: Path
 
     for name in ("history.json", "last.pt"):  # the process dies while writing the 2nd stage's file
         crash = crashing(name)
-        monkeypatch.setattr(TRAIN_MODULE, "_write_json", crash)
+        monkeypatch.setattr(TRAIN_MODULE, "write_json_file", crash)
         monkeypatch.setattr(TRAIN_MODULE, "_save", crash)
         with pytest.raises(KeyboardInterrupt):
             train(new_model(), data, data, PREP, config, run_dir=tmp_path / name, progress=False)
