@@ -4,7 +4,7 @@ Mechanism: one ``TorchFunctionMode`` intercepts the functional calls the layers 
 ``F.linear``, ``F.batch_norm``, ``F.relu`` / ``F.relu6`` / ``F.hardtanh``), recognising each layer by the identity
 of its weight tensor. A layer with a rule computes its output without autograd and returns it through one
 autograd node whose backward is the rule (transposed layers applied to the output relevance, see
-:mod:`seewhy.methods.lrp.rules`). A pass-through op applied to such an output (a rectifier, a BatchNorm with
+:mod:`seewhy.methods.lrp.rules` and :mod:`seewhy.methods.lrp.backward`). A pass-through op applied to such an output (a rectifier, a BatchNorm with
 the pass rule) is folded into the node: no backward step of its own. No hook is registered on a module, no
 module is swapped, no parameter is written; the ledger uses tensor hooks on this call's graph only.
 
@@ -40,79 +40,13 @@ from torch.overrides import TorchFunctionMode
 from ...core import Call, Explanation, register
 from ...targets import Target
 from ..gradient import GradientMethod
+from .backward import Node, Transpose, conv_transpose, vjp_transpose
 from .canonizers import bn_key, merge_plan, resolve_canonizers
 from .composites import BATCHNORM, CONV, LINEAR, Composite, get_composite
 from .rules import Epsilon, Layer, Pass, Rule, Term, safe_divide, stabilized_reciprocal
 
 _LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
-_TRANSPOSED = {F.conv1d: F.conv_transpose1d, F.conv2d: F.conv_transpose2d, F.conv3d: F.conv_transpose3d}
 _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}  # after input, weight, bias
-Transpose = Callable[[Tensor, Tensor], Tensor]
-
-
-class _Node:
-    """The modified backward of one layer call: ``R -> sum_k mult_k * W_k^T (R * coef_k)`` (a rule's terms)."""
-
-    __slots__ = ("terms", "transpose")
-
-    def __init__(self, terms: list[Term], transpose: Transpose | None) -> None:  # None: identity terms only
-        self.terms, self.transpose = terms, transpose
-
-    def backward(self, r: Tensor) -> Tensor:
-        # R * coef once per coefficient: a coefficient computed now is a temporary and takes the product in
-        # place; so does r (the caller's temporary) for the last stored coefficient
-        # (a wide coefficient [c1; c2] is used by one term only: it takes R * [c1; c2] in place)
-        products: dict[int, Tensor] = {}
-        for term in self.terms:
-            if term.pair_dim is not None:
-                d, c = term.pair_dim, term.coef
-                assert isinstance(c, Tensor)
-                products[_key(term)] = c.unflatten(d, (2, -1)).mul_(r.unsqueeze(d)).flatten(d, d + 1)
-            elif callable(term.coef):
-                c = term.coef()
-                products[_key(term)] = c.mul_(r) if c.shape == torch.broadcast_shapes(r.shape, c.shape) else r * c
-        stored = list({_key(t): t.coef for t in self.terms if _key(t) not in products}.items())
-        for k, (key, c) in enumerate(stored):
-            in_place = k == len(stored) - 1 and r.shape == torch.broadcast_shapes(r.shape, c.shape)
-            products[key] = r.mul_(c) if in_place else r * c
-        out: Tensor | None = None
-        stacked: Tensor | None = None  # stacked terms (they share mult, dim, parts): summed, masked and folded once
-        for term in self.terms:
-            a = products[_key(term)]
-            if term.weight is None or self.transpose is None:
-                g = a if len(self.terms) == 1 else a.clone()
-            else:
-                g = self.transpose(a, term.weight)
-            if term.stacked_dim is None:
-                out = _add(out, _times(g, term.mult))
-                continue
-            stacked = _add(stacked, g)
-            mult, dim, parts = term.mult, term.stacked_dim, term.stacked_parts
-        if stacked is not None:
-            chunks = _times(stacked, mult).chunk(parts, dim)
-            folded = chunks[0] + chunks[1]
-            for chunk in chunks[2:]:
-                folded.add_(chunk)
-            out = _add(out, folded)
-        assert out is not None
-        return out
-
-
-def _key(term: Term) -> int:
-    """Which product R * coef a term uses: its own (computed or wide coefficient) or its stored coefficient's,
-    shared with the other terms that have the same one."""
-    return id(term) if callable(term.coef) or term.pair_dim is not None else id(term.coef)
-
-
-def _times(g: Tensor, mult: Tensor | Callable[[], Tensor] | None) -> Tensor:
-    if mult is None:
-        return g
-    m = mult() if callable(mult) else mult
-    return g.mul_(m) if g.shape == torch.broadcast_shapes(g.shape, m.shape) else g * m
-
-
-def _add(out: Tensor | None, g: Tensor) -> Tensor:
-    return g if out is None else out.add_(g)
 
 
 def _sample_sums(t: Tensor) -> Tensor:
@@ -148,7 +82,7 @@ class _Relevance(torch.autograd.Function):
     applied to the output relevance ``R = grad * num``, as the gradient of the layer input ``x``."""
 
     @staticmethod
-    def forward(ctx, num: Tensor, x: Tensor, node: _Node, saved: _Saved) -> Tensor:  # type: ignore[override]
+    def forward(ctx, num: Tensor, x: Tensor, node: Node, saved: _Saved) -> Tensor:  # type: ignore[override]
         ctx.node, ctx.saved, ctx.x = node, saved, x  # x: for nodes folded onto this one
         return num.detach()
 
@@ -197,52 +131,6 @@ def _is_inplace(func: Any) -> bool:
     name = getattr(func, "__name__", "")
     return (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "__iadd__", "__isub__",
                                                                          "__imul__", "__itruediv__")
-
-
-def _conv_transpose(func: Any, x: Tensor, z: Tensor, w: Tensor, stride: Any, padding: Any, dilation: Any,
-                    groups: int) -> Transpose | None:
-    """The input gradient of a convolution as a transposed convolution (it needs no input tensor; on CPU it ran
-    as fast as the generic convolution backward or faster in our measurements), or None where it cannot be
-    written so (asymmetric "same" padding, unbatched inputs)."""
-    n = w.ndim - 2
-    if x.ndim != w.ndim or z.ndim != w.ndim:
-        return None
-
-    def tup(v: Any) -> tuple[int, ...]:
-        return (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
-
-    s, d, k = tup(stride), tup(dilation), tuple(w.shape[2:])
-    if isinstance(padding, str):
-        total = [d[i] * (k[i] - 1) for i in range(n)]
-        if padding == "valid":
-            p = (0,) * n
-        elif padding == "same" and all(t % 2 == 0 for t in total):
-            p = tuple(t // 2 for t in total)
-        else:
-            return None
-    else:
-        p = tup(padding)
-    op = tuple(x.shape[2 + i] - ((z.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1) for i in range(n))
-    if any(not 0 <= op[i] < max(s[i], d[i]) for i in range(n)):
-        return None
-    transposed = _TRANSPOSED[func]
-
-    def transpose(a: Tensor, weight: Tensor) -> Tensor:
-        return transposed(a, weight, None, s, p, op, groups, d)
-
-    return transpose
-
-
-def _vjp_transpose(fn: Any, x: Tensor, in_channels: int) -> Transpose:
-    """The input gradient of ``fn(x, W)`` by autograd (the fallback for unusual convolution arguments); a weight
-    with k times ``in_channels`` per group takes k stacked copies of the input (a stacked term)."""
-    def transpose(a: Tensor, weight: Tensor) -> Tensor:
-        k = weight.shape[1] // in_channels
-        with torch.enable_grad():
-            leaf = torch.zeros_like(x if k == 1 else torch.cat([x] * k, 1)).requires_grad_(True)
-            return torch.autograd.grad(fn(leaf, weight, None), leaf, a)[0]
-
-    return transpose
 
 
 class _LRPMode(TorchFunctionMode):
@@ -304,7 +192,7 @@ class _LRPMode(TorchFunctionMode):
 
     # --- the nodes ----------------------------------------------------------------------------------------
 
-    def _emit(self, node: _Node, num: Tensor, x: Tensor, ledger: list[list[Tensor]] | None = None) -> Tensor:
+    def _emit(self, node: Node, num: Tensor, x: Tensor, ledger: list[list[Tensor]] | None = None) -> Tensor:
         saved = _Saved(num, ledger or [])
         out = _Relevance.apply(num, x, node, saved)
         self.outputs[id(out)] = weakref.ref(out)
@@ -346,7 +234,7 @@ class _LRPMode(TorchFunctionMode):
             else:  # the pass rule as a node of its own: R_x = R_a (the gradient becomes grad * a / x)
                 with torch.no_grad():
                     a, coef = x.clamp(lo, hi), stabilized_reciprocal(x.detach())
-                out = self._emit(_Node([Term(None, coef)], None), a, x)
+                out = self._emit(Node([Term(None, coef)], None), a, x)
                 if inplace:
                     out = x.copy_(out)
         elif inplace:  # the node now computes R from the rectified value: no new node
@@ -379,8 +267,8 @@ class _LRPMode(TorchFunctionMode):
             if func is F.linear:
                 return lambda a, ww: a @ ww
             conv = {**_CONV_DEFAULTS, **dict(zip(_CONV_DEFAULTS, rest, strict=False)), **kw}
-            t = _conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-            return t if t is not None else _vjp_transpose(fn, x.detach(), w.shape[1])
+            t = conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+            return t if t is not None else vjp_transpose(fn, x.detach(), w.shape[1])
 
         first = not self.first_seen
         self.first_seen = True
@@ -446,7 +334,7 @@ class _LRPMode(TorchFunctionMode):
             layer = Layer(x.detach(), w.detach(), None if b is None else b.detach(), fn, compute, elementwise, nonneg)
             terms = rule.terms(layer)
             z = layer.z
-        return self._emit(_Node(terms, transpose(z)), z, x)
+        return self._emit(Node(terms, transpose(z)), z, x)
 
     # --- the ledger ---------------------------------------------------------------------------------------
 
