@@ -4,9 +4,10 @@ Mechanism: one ``TorchFunctionMode`` intercepts the functional calls the layers 
 ``F.linear``, ``F.batch_norm``, ``F.relu`` / ``F.relu6`` / ``F.hardtanh``), recognising each layer by the identity
 of its weight tensor. A layer with a rule computes its output without autograd and returns it through one
 autograd node whose backward is the rule (transposed layers applied to the output relevance, see
-:mod:`seewhy.methods.lrp.rules` and :mod:`seewhy.methods.lrp.backward`). A pass-through op applied to such an output (a rectifier, a BatchNorm with
-the pass rule) is folded into the node: no backward step of its own. No hook is registered on a module, no
-module is swapped, no parameter is written; the ledger uses tensor hooks on this call's graph only.
+:mod:`seewhy.methods.lrp.rules` and :mod:`seewhy.methods.lrp.backward`). A pass-through op applied to such an
+output (a rectifier, a BatchNorm with the pass rule) is folded into the node: no backward step of its own. No hook
+is registered on a module, no module is swapped, no parameter is written; the ledger uses tensor hooks on this
+call's graph only.
 
 Conventions (the backward signal is R / z; see :mod:`seewhy.methods.lrp.rules`):
 
