@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -42,10 +41,11 @@ from torch import Tensor
 from . import __version__, estimate, images, report, zoo
 from .argtypes import device as _device
 from .argtypes import positive_int, setting
-from .core import METHODS, explain, get_method, seeded
+from .core import METHODS, get_method, seeded
 from .hooks import model_state
 from .layers import resolve_layer
-from .progress import format_seconds, progress, set_progress
+from .progress import format_seconds, set_progress
+from .runner import MethodRun, explain_batches
 from .targets import make_target, parse_topk
 
 log = logging.getLogger("seewhy")
@@ -539,30 +539,9 @@ def _predict(model: torch.nn.Module, batches: list[Tensor], target: str,
 
 
 def _explain_all(model: torch.nn.Module, batches: list[Tensor], methods: list[str],
-                 params: dict[str, dict[str, Any]], target: str) -> list[report.MethodRun]:
-    """Run every method over every batch, timing each call; a method that fails is recorded and skipped. A bar on a
-    terminal, one log line per finished (method, batch) otherwise."""
-    runs: list[report.MethodRun] = []
-    with progress(len(methods) * len(batches), "explaining", "batches", delay=0) as bar:
-        for m in methods:
-            bar.set_postfix(m)
-            exps, seconds = [], []
-            try:
-                for b, x in enumerate(batches):
-                    t0 = time.perf_counter()
-                    exps.append(explain(model, x, m, target=target, **params[m]))
-                    seconds.append(time.perf_counter() - t0)
-                    bar.update()
-                    bar.done("%s: batch %d/%d (%d image(s)) in %s", m, b + 1, len(batches), x.shape[0],
-                             format_seconds(seconds[-1]))
-            except Exception as err:  # one broken method must not lose the others' results
-                log.debug("method %s failed", m, exc_info=True)
-                log.error("method %s failed: %s: %s", m, type(err).__name__, err)
-                runs.append(report.MethodRun(m, error=f"{type(err).__name__}: {err}"))
-                bar.update(len(batches) - len(exps))
-                continue
-            runs.append(report.MethodRun(m, exps, seconds))
-    return runs
+                 params: dict[str, dict[str, Any]], target: str) -> list[MethodRun]:
+    """Every method over every batch (:func:`seewhy.runner.explain_batches`)."""
+    return list(explain_batches(model, batches, methods, params, target))
 
 
 def _layers(args: argparse.Namespace, model: torch.nn.Module, spec: zoo.ModelSpec, methods: list[str],

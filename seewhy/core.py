@@ -191,6 +191,11 @@ class Method:
             return {}
         return {name: max(1, int(value * factor))}
 
+    def report_tables(self, batches: Sequence[tuple[Explanation, ...]], keys: Sequence[str]) -> list[Any]:
+        """Tables this method adds to a report (:class:`seewhy.runner.Table`), from its explanations: one tuple per
+        batch (one Explanation per class rank), ``keys`` naming the images of every batch in order. Default: none."""
+        return []
+
     def run(
         self, model: nn.Module, inputs: Tensor, target: TargetSpec = None, *, class_names: Sequence[str] | None = None
     ) -> tuple[Tensor, Call]:

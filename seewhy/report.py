@@ -53,6 +53,7 @@ from .report_files import _jsonable as _jsonable
 from .report_files import _versions as _versions
 from .report_files import prepare_out_dir, write_report_files
 from .report_layout import template_env
+from .runner import Figure, MethodRun, Table
 
 __all__ = [
     "FILES",
@@ -82,73 +83,6 @@ class ImageRow:
     image: np.ndarray
     source: str = ""
     output: Tensor | np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class MethodRun:
-    """One method over all images: its explanations, one entry per batch and in image order, and the wall time
-    of each batch in seconds. An entry is one :class:`~seewhy.core.Explanation`, or a sequence of them covering
-    the same images, one per class rank (rank 0 the best class: three for ``target="top3"``). A method that
-    failed has no explanations and an ``error`` message."""
-
-    name: str
-    explanations: Sequence[Explanation | Sequence[Explanation]] = ()
-    seconds: Sequence[float] = ()
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and bool(self.explanations)
-
-    def batches(self) -> list[tuple[Explanation, ...]]:
-        """The entries as tuples of Explanations, one per class rank, checked: the same images in every rank and
-        the same number of ranks in every batch.
-
-        Raises:
-            TypeError: an entry is neither an Explanation nor a sequence of them.
-            ValueError: the ranks of a batch cover different images, or batches differ in their number of ranks.
-        """
-        out: list[tuple[Explanation, ...]] = []
-        for b, entry in enumerate(self.explanations):
-            exps = (entry,) if isinstance(entry, Explanation) else tuple(entry)
-            if not exps or not all(isinstance(e, Explanation) for e in exps):
-                raise TypeError(f"method {self.name!r}, batch {b}: expected an Explanation or a non-empty sequence of "
-                                f"Explanations (one per class rank), got {type(entry).__name__}")
-            first = exps[0]
-            for r, e in enumerate(exps[1:], 1):
-                n0, n = first.attributions.shape[0], e.attributions.shape[0]
-                if n != n0 or e.scores.shape[:1] != first.scores.shape[:1]:
-                    raise ValueError(f"method {self.name!r}, batch {b}: class rank {r} explains {n} images, rank 0 "
-                                     f"explains {n0}; every rank of a batch must cover the same images")
-                if e.inputs is not None and first.inputs is not None and (
-                        e.inputs.shape != first.inputs.shape or not torch.equal(e.inputs, first.inputs)):
-                    raise ValueError(f"method {self.name!r}, batch {b}: class rank {r} was computed on other inputs "
-                                     "than rank 0; every rank of a batch must explain the same images")
-            out.append(exps)
-        ranks = sorted({len(e) for e in out})
-        if len(ranks) > 1:
-            raise ValueError(f"method {self.name!r}: its batches have {ranks} class ranks; every batch needs the same "
-                             "number of Explanations (one per class rank)")
-        return out
-
-
-@dataclass(frozen=True)
-class Table:
-    """A plain table for the report (metrics, for instance): cells are numbers or strings."""
-
-    title: str
-    columns: Sequence[str]
-    rows: Sequence[Sequence[Any]]
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A picture for the report (a plot, a grid of maps): uint8 (H,W,3), embedded as PNG with a caption."""
-
-    title: str
-    image: np.ndarray
-    caption: str = ""
 
 
 @dataclass
