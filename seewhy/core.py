@@ -13,12 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from . import postprocess
-from .hooks import model_state
+from .cost import Cost
+from .hooks import model_state, module_outputs
 from .targets import Target, TargetSpec, make_target, parse_topk
 
 log = logging.getLogger("seewhy")
 
 METHODS: dict[str, type[Method]] = {}
+#: what a method's attributions are: input-space (B,C,H,W), a layer map (B,1,h,w), prototype maps (B,P,h,w)
+KINDS = ("pixel", "map", "prototype")
 #: method families in the order listings and reports show them
 FAMILIES = ("gradient", "cam", "lrp", "perturbation", "surrogate", "prototype", "control", "other")
 
@@ -96,67 +99,16 @@ class Call:
         return self.target
 
 
-@dataclass(frozen=True)
-class Cost:
-    """What one call of a method costs per image, in model evaluations (printed before a run, with seconds).
-
-    ``forwards``: inference passes; ``backwards``: forward+backward passes; ``per_channel``: more forwards per
-    channel K of the method's layer (Score-CAM, Ablation-CAM), ``tail`` when they run only the model's part after
-    the layer (then ``tail_fraction``, when measured, is the cost of one such evaluation relative to a forward);
-    ``lower``: the hyperparameter that lowers the cost, for the hint ``--set method.<lower>=...``.
-    """
-
-    forwards: float = 0.0
-    backwards: float = 0.0
-    per_channel: float = 0.0
-    tail: bool = False
-    tail_fraction: float | None = None
-    lower: str | None = None
-    note: str = ""
-
-    def evaluations(self, channels: int | None = None) -> float | None:
-        """Model evaluations per image (None when it depends on an unknown channel count)."""
-        if self.per_channel and channels is None:
-            return None
-        return self.forwards + self.backwards + self.per_channel * (channels or 0)
-
-    def describe(self, channels: int | None = None) -> str:
-        """E.g. ``"50 forward+backward"``, ``"1000 forward"``, ``"K + 1 forward (K: channels at the layer)"``."""
-        parts = []
-        if self.backwards:
-            parts.append(f"{_count(self.backwards)} forward+backward")
-        fwd = self.forwards
-        if self.per_channel and channels is not None and not self.tail:
-            fwd += self.per_channel * channels
-        if self.per_channel and channels is None:
-            k = "K" if self.per_channel == 1 else f"{_count(self.per_channel)} K"
-            what = "tail forward" if self.tail else "forward"
-            parts.append(f"{k}{f' + {_count(fwd)}' if fwd else ''} {what} (K: channels at the layer)")
-        elif fwd:
-            parts.append(f"{_count(fwd)} forward")
-        if self.per_channel and channels is not None and self.tail:
-            parts.append(f"{_count(self.per_channel * channels)} tail forward (of the model after the layer)")
-        text = " + ".join(parts) or "no model evaluation"
-        return f"{text} ({self.note})" if self.note else text
-
-    def seconds(self, forward: float, forward_backward: float, channels: int | None = None) -> float | None:
-        """Estimated seconds per image from the measured seconds of one ``forward`` and one ``forward_backward``."""
-        if self.per_channel and channels is None:
-            return None
-        per = forward * (self.tail_fraction if self.tail and self.tail_fraction is not None else 1.0)
-        return self.forwards * forward + self.backwards * forward_backward + self.per_channel * (channels or 0) * per
-
-
-def _count(v: float) -> str:
-    return f"{v:g}"
-
-
 @dataclass
 class Method:
     """Base class: a dataclass of hyperparameters, called as ``method(model, inputs, target) -> Tensor``.
 
-    Subclasses implement :meth:`attribute` and are registered with :func:`register`. ``kind`` is
-    ``"pixel"`` (attributions (B,C,H,W) in input space) or ``"map"`` ((B,1,h,w) at layer resolution).
+    A subclass writes only its math, in one of two places, and is registered with :func:`register`:
+    :meth:`attribute` (one target; it may resolve a pending target from a forward it runs anyway), or
+    :meth:`attribute_targets` (several resolved targets from shared work, e.g. the same perturbed forwards); each
+    defaults to the other. Batching over expanded inputs (steps, noisy copies, perturbations) belongs to
+    :class:`seewhy.methods.base.BatchedMethod`. ``kind`` is one of :data:`KINDS`: ``"pixel"`` (attributions
+    (B,C,H,W) in input space), ``"map"`` ((B,1,h,w) at layer resolution) or ``"prototype"`` ((B,P,h,w)).
     ``family`` groups methods in listings and reports ("gradient", "cam", "perturbation", "surrogate", "lrp",
     "prototype", "control"). ``in_all`` is False for methods that "all" leaves out and that run only when named:
     controls that ignore the model, and methods made for one kind of model.
@@ -173,7 +125,30 @@ class Method:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
-        raise NotImplementedError
+        """Attributions of ``inputs`` for ``call.target`` (pending, e.g. "top1", until resolved from the model's
+        output); extras go to ``call.extras``. Default: :meth:`attribute_targets` on the one target."""
+        if type(self).attribute_targets is Method.attribute_targets:
+            raise NotImplementedError(f"{type(self).__name__} defines neither attribute() nor attribute_targets()")
+        if call.output is None:  # f(x), and the target resolved from it
+            call.resolve(self.forward(model, inputs))
+        ((attr, extras),) = self.attribute_targets(model, inputs, [call.target], call)
+        call.extras.update(extras)
+        return attr
+
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[tuple[Tensor, dict[str, Any]]]:
+        """(attributions, extras) for each resolved target; extras shared by all go to ``call.extras``, which holds
+        the model's output on ``inputs``. Default: one :meth:`attribute` call per target."""
+        out = []
+        for t in targets:
+            one = Call(t, output=call.output)
+            out.append((self.attribute(model, inputs, one), one.extras))
+        return out
+
+    def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        """The model's output on ``inputs`` without gradients (batched methods use the engine's fast path)."""
+        with torch.no_grad():
+            return model(inputs)
 
     def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
         """Model evaluations per image of one call with these hyperparameters (default: one forward+backward).
@@ -213,6 +188,39 @@ class Method:
     def __call__(self, model: nn.Module, inputs: Tensor, target: TargetSpec = None) -> Tensor:
         return self.run(model, inputs, target)[0]
 
+    def explain_targets(self, model: nn.Module, inputs: Tensor, targets: Sequence[TargetSpec]) -> list[Explanation]:
+        """One :class:`Explanation` per target spec, each resolved as in :func:`explain` (e.g.
+        ``targets=["top1", 281, 285]``); a method that writes :meth:`attribute_targets` shares its work (perturbation
+        methods: the same forward passes) across them."""
+        if isinstance(targets, (str, int, Tensor)) or callable(targets) or not len(targets):
+            raise TypeError("targets must be a non-empty list of target specs, e.g. ['top1', 281]")
+        inputs = check_inputs(inputs)
+        names = getattr(model, "class_names", None)
+        with torch.inference_mode(False), model_state(model):
+            output = self.forward(model, inputs)
+            resolved = [make_target(t, inputs.shape[0], names).resolve(output) for t in targets]
+            call = Call(resolved[0], output=output)
+            results = self.attribute_targets(model, inputs, resolved, call)
+        out = []
+        for t, (attr, extras) in zip(resolved, results, strict=True):
+            check_attribution(attr, inputs, self)
+            out.append(self.explanation(model, inputs, attr, t, output, {**call.extras, **extras}))
+        return out
+
+    def explanation(self, model: nn.Module, inputs: Tensor, attr: Tensor, target: Target, output: Tensor,
+                    extras: dict[str, Any]) -> Explanation:
+        """The :class:`Explanation` record of one call (``extras["layer"]`` becomes its ``layer``), its empty
+        heatmaps flagged."""
+        extras = dict(extras)
+        exp = Explanation(
+            attributions=attr.detach(), targets=target.indices, scores=target.score(output).detach(),
+            method=self.name, params=self.params, layer=extras.pop("layer", None), kind=self.kind,
+            heatmap_convention=dict(self.heatmap_convention), extras=extras,
+            class_names=getattr(model, "class_names", None), inputs=inputs.detach(),
+        )
+        flag_empty_heatmaps(exp, model)
+        return exp
+
 
 def check_inputs(inputs: Tensor) -> Tensor:
     """A float (B,C,H,W) tensor; a 3-D tensor is one image."""
@@ -239,6 +247,8 @@ def check_attribution(attr: Tensor, inputs: Tensor, method: Method) -> None:
     if not isinstance(attr, Tensor) or attr.ndim != 4 or attr.shape[0] != inputs.shape[0]:
         shape = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
         raise RuntimeError(f"method {method.name!r} returned {shape}; expected ({inputs.shape[0]}, C, h, w)")
+    if method.kind not in KINDS:
+        raise RuntimeError(f"method {method.name!r} declares kind {method.kind!r}; a kind is one of {', '.join(KINDS)}")
     if method.kind == "pixel" and attr.shape != inputs.shape:
         raise RuntimeError(f"method {method.name!r} returned {tuple(attr.shape)} for inputs {tuple(inputs.shape)}")
     if attr.device != inputs.device:
@@ -412,23 +422,7 @@ def explain(
     if call.output is None:
         with torch.inference_mode(False), model_state(model):
             call.ensure_target(model, inputs)
-    scores = call.target.score(call.output).detach()
-    layer_name = call.extras.pop("layer", None)
-    exp = Explanation(
-        attributions=attr.detach(),
-        targets=call.target.indices,
-        scores=scores,
-        method=m.name,
-        params=m.params,
-        layer=layer_name,
-        kind=m.kind,
-        heatmap_convention=dict(m.heatmap_convention),
-        extras=call.extras,
-        class_names=getattr(model, "class_names", None),
-        inputs=inputs.detach(),
-    )
-    flag_empty_heatmaps(exp, model)
-    return exp
+    return m.explanation(model, inputs, attr, call.target, call.output, call.extras)
 
 
 def _method(method: str | Method, layer: Any, batch_size: int | None, params: dict[str, Any]) -> Method:
@@ -466,14 +460,7 @@ def _explain_topk(model: nn.Module, inputs: Tensor, m: Method, k: int) -> list[E
     if k > output.shape[1]:
         raise ValueError(f"target='top{k}' asks for {k} classes, but the model has {output.shape[1]}")
     ranks = output.detach().topk(k, dim=1).indices.cpu()  # (B, k)
-    targets = [ranks[:, r] for r in range(k)]
-    shared = getattr(m, "explain_targets", None)
-    if callable(shared):
-        exps = shared(model, inputs, targets)
-        for e in exps:
-            flag_empty_heatmaps(e, model)
-    else:
-        exps = [explain(model, inputs, m, target=t) for t in targets]
+    exps = m.explain_targets(model, inputs, [ranks[:, r] for r in range(k)])
     for r, e in enumerate(exps):
         e.extras["rank"] = r
     return exps
@@ -515,26 +502,17 @@ def flag_empty_heatmaps(exp: Explanation, model: nn.Module | None = None) -> Ten
 def _non_negative_layer_after(model: nn.Module, x: Tensor, layer: str) -> str | None:
     """The first module finishing after ``layer`` whose output is a spatial map with no negative value (and not all
     zero)."""
-    order: list[tuple[str, bool]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-2:].numel() > 1:
-                o = out.detach()
-                order.append((name, bool((o >= 0).all() and (o > 0).any())))
+    def non_negative(name: str, out: Tensor) -> bool | None:
+        if out.ndim != 4 or out.shape[-2:].numel() <= 1:
+            return None
+        return bool((out >= 0).all() and (out > 0).any())
 
-        handles.append(module.register_forward_hook(hook))
     try:
-        with torch.inference_mode(False), model_state(model), torch.no_grad():
-            model(x)
+        with torch.inference_mode(False), model_state(model):
+            order = [(n, ok) for n, ok in module_outputs(model, x, non_negative) if ok is not None]
     except Exception:  # a suggestion only: never fail an explanation for it
         return None
-    finally:
-        for h in handles:
-            h.remove()
     names = [n for n, _ in order]
     if layer not in names:
         return None

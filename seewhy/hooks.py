@@ -40,11 +40,12 @@ def model_state(model: nn.Module, *, eval: bool = True, freeze: bool = True) -> 
 
 
 @contextmanager
-def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[dict[str, Tensor]]:
+def capture(modules: Mapping[str, nn.Module], *, grad: bool | None = True) -> Iterator[dict[str, Tensor]]:
     """Record the output of each named module during forwards inside the block.
 
     With ``grad=True`` the recorded tensor is part of the graph (so ``torch.autograd.grad(score, acts[name])``
-    works even for frozen models: the output is made to require grad). The dict holds the latest output,
+    works even for frozen models: the output is made to require grad); ``grad=False`` records it detached, ``None``
+    as the layer returned it (a model cut at a layer, trained through it). The dict holds the latest output,
     as the layer returned it, even when a later in-place op changes the tensor the model goes on with.
     """
     acts: dict[str, Tensor] = {}
@@ -54,7 +55,9 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
             if not isinstance(output, Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            if grad and torch.is_grad_enabled():
+            if grad is None:
+                acts[name] = output
+            elif grad and torch.is_grad_enabled():
                 if not output.requires_grad:
                     output = output.detach().requires_grad_(True)
                 acts[name] = output
@@ -76,13 +79,20 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool = True) -> Iterator[
 
 
 class StopForward(Exception):
-    """Raised by a :func:`watch` hook to end a forward pass once the layer of interest has run."""
+    """Raised by a :func:`watch` hook to end a forward pass once the layer of interest has run. It carries the token
+    of the :func:`layer_outputs` call that stops, so nested ones (a method's inside a model cut at a layer) each
+    end only their own forward."""
+
+    def __init__(self, token: object = None) -> None:
+        super().__init__("forward stopped after the layer of interest")
+        self.token = token
 
 
 @contextmanager
-def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | None = None) -> Iterator[dict[str, int]]:
-    """Count the calls of each module during the block; end the forward (raise ``StopForward``) after a module whose
-    output satisfies ``stop``. Hooks are removed on exit."""
+def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | None = None,
+          token: object = None) -> Iterator[dict[str, int]]:
+    """Count the calls of each module during the block; end the forward (raise ``StopForward(token)``) after a
+    module whose output satisfies ``stop``. Hooks are removed on exit."""
     calls = dict.fromkeys(modules, 0)
     handles = []
 
@@ -90,7 +100,7 @@ def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | Non
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
             calls[name] += 1
             if stop is not None and isinstance(out, Tensor) and stop(out):
-                raise StopForward
+                raise StopForward(token)
 
         return hook
 
@@ -101,6 +111,53 @@ def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | Non
     finally:
         for h in handles:
             h.remove()
+
+
+def layer_outputs(
+    model: nn.Module,
+    inputs: Tensor,
+    modules: Mapping[str, nn.Module],
+    *,
+    grad: bool | None,
+    stop: Callable[[Tensor], bool] | bool = False,
+) -> tuple[dict[str, Tensor], Any, dict[str, int]]:
+    """One forward of ``model`` recording the output of each module (:func:`capture`) and counting its calls:
+    ``(acts, output, calls)``. The one way to capture a layer and stop the forward: with ``stop`` (``True``, or a
+    test of a module's output) the forward ends after the first module output that passes, and ``output`` is
+    ``None``."""
+    token = object()
+    test = (lambda out: True) if stop is True else (stop or None)
+    output = None
+    with capture(modules, grad=grad) as acts, watch(modules, test, token) as calls:
+        try:
+            output = model(inputs)
+        except StopForward as err:
+            if err.token is not token:
+                raise
+    return acts, output, calls
+
+
+def module_outputs(model: nn.Module, inputs: Tensor, keep: Callable[[str, Tensor], Any]) -> list[tuple[str, Any]]:
+    """One dry forward (no gradients) with every named module watched: ``(name, keep(name, output))`` for each
+    module call whose output is a tensor, in the order the calls finish."""
+    found: list[tuple[str, Any]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if isinstance(out, Tensor):
+                found.append((name, keep(name, out.detach())))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
 
 
 @contextmanager
@@ -209,19 +266,30 @@ class _Rectifier(torch.autograd.Function):
         return ctx.rule(grad, mask), None, None, None
 
 
-def _bounds(func: Callable, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
-    """(lo, hi, inplace) if ``func`` is a ReLU-type call, else None."""
-    relu = {F.relu: False, torch.relu: False, Tensor.relu: False, torch.relu_: True, Tensor.relu_: True}
-    if func in relu:
-        return 0.0, None, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)) or relu[func]
-    if func is F.relu6:
-        return 0.0, 6.0, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+# what counts as a rectifier (ReLU-type call with lower bound 0), for every method that changes rectifiers
+RECTIFIERS: frozenset = frozenset(
+    (F.relu, torch.relu, Tensor.relu, torch.relu_, Tensor.relu_, F.relu6, F.hardtanh, F.hardtanh_)
+)
+_ALWAYS_INPLACE = frozenset((torch.relu_, Tensor.relu_, F.hardtanh_))
+
+
+def rectifier_bounds(func: Callable, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
+    """(lo, hi, inplace) of a rectifier call, else None: ``F.relu``, ``torch.relu(_)``, ``Tensor.relu(_)``
+    (0, None), ``F.relu6`` (0, 6) and ``F.hardtanh(_)`` with ``min_val == 0`` (0, max_val): what ``nn.ReLU``,
+    ``nn.ReLU6`` and their in-place variants call. The one matcher of the package (guided backprop, LRP)."""
+    if func not in RECTIFIERS:
+        return None
+
+    def arg(i: int, key: str, default: Any) -> Any:
+        return kwargs.get(key, args[i] if len(args) > i else default)
+
     if func in (F.hardtanh, F.hardtanh_):
-        lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
-        hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
-        inplace = func is F.hardtanh_ or bool(kwargs.get("inplace", args[3] if len(args) > 3 else False))
-        return (float(lo), float(hi), inplace) if lo == 0 else None
-    return None
+        if arg(1, "min_val", -1.0) != 0:
+            return None
+        return 0.0, float(arg(2, "max_val", 1.0)), func is F.hardtanh_ or bool(arg(3, "inplace", False))
+    hi = 6.0 if func is F.relu6 else None
+    inplace = func in _ALWAYS_INPLACE or (func in (F.relu, F.relu6) and bool(arg(1, "inplace", False)))
+    return 0.0, hi, inplace
 
 
 class _RectifierMode(TorchFunctionMode):
@@ -232,7 +300,7 @@ class _RectifierMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        bounds = _bounds(func, args, kwargs) if args and isinstance(args[0], Tensor) else None
+        bounds = rectifier_bounds(func, args, kwargs) if args and isinstance(args[0], Tensor) else None
         if bounds is None or not torch.is_grad_enabled():
             return func(*args, **kwargs)
         lo, hi, inplace = bounds

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import difflib
 
-import torch
 from torch import Tensor, nn
 
-from .hooks import model_state
+from .hooks import model_state, module_outputs
 
 LayerSpec = str | nn.Module
 
@@ -42,24 +41,9 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 def spatial_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     """Names of the modules whose output is a (B,C,h,w) map larger than 1x1, in the order they finish
     (one dry forward)."""
-    order: list[str] = []
-    handles = []
-    for name, m in model.named_modules():
-        if not name:
-            continue
-
-        def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-2:].numel() > 1 and name not in order:
-                order.append(name)
-
-        handles.append(m.register_forward_hook(hook))
-    try:
-        with model_state(model), torch.no_grad():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+    with model_state(model):
+        found = module_outputs(model, inputs[:1], lambda name, out: out.ndim == 4 and out.shape[-2:].numel() > 1)
+    return list(dict.fromkeys(name for name, spatial in found if spatial))
 
 
 def default_layer(model: nn.Module, inputs: Tensor) -> str:

@@ -29,7 +29,8 @@ def methods_listing(verbose: bool = False) -> str:
             lines.append(f"  {name:<{width}}  {cost.describe():<34}  {summary(cls, 90)}")
             continue
         named = "" if cls.in_all else "; run only when named"
-        lines.append(f"  {name}  ({cls.__name__}; {cls.kind} attributions{named})")
+        kind = cls.kind if isinstance(cls.kind, str) else "its base method's"  # a wrapper's kind is its base's
+        lines.append(f"  {name}  ({cls.__name__}; {kind} attributions{named})")
         lines.append(f"    cost per image: {cost.describe()}"
                      + (f"; lower it with --set {name}.{cost.lower}=..." if cost.lower else ""))
         lines += [f"    {line}".rstrip() for line in (inspect.getdoc(cls) or "").splitlines()]

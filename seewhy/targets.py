@@ -64,6 +64,17 @@ class Target:
         base = rows if self.rows is None else self.rows[rows]
         return Target(self.n, self.indices, self.fn, self.per_sample, False, base)
 
+    def take(self, rows: Tensor) -> Target:
+        """The target of a new batch whose row r is (a copy of) original sample ``rows[r]``: the same classes or
+        callables, for that batch on its own (what a method called on the copies is given)."""
+        if self.pending:
+            raise RuntimeError("resolve the target before taking rows")
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        base = rows if self.rows is None else self.rows.cpu()[rows]
+        indices = None if self.indices is None else self.indices[base.to(self.indices.device)]
+        per_sample = None if self.per_sample is None else tuple(self.per_sample[int(r)] for r in base)
+        return Target(len(base), indices, self.fn, per_sample)
+
     def repeat(self, k: int) -> Target:
         """The target for a batch of k variants of each sample, laid out as ``inputs.repeat_interleave(k)``."""
         rows = torch.arange(self.n).repeat_interleave(k)

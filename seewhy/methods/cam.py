@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Call, Cost, Method, register
-from ..hooks import StopForward, capture, watch
+from ..hooks import layer_outputs
 from ..layers import default_layer, resolve_layer
 from ..targets import Target
 from .gradient import GuidedBackprop
@@ -48,13 +48,7 @@ def forward_layers(
     ``output`` is ``None`` when ``stop`` ended the forward after the (single) layer. Raises ValueError for a layer
     the forward did not reach or called more than once (a reused module, e.g. a shared ReLU).
     """
-    modules = dict(layers)
-    output = None
-    with capture(modules, grad=grad) as acts, watch(modules, stop) as calls:
-        try:
-            output = model(inputs)
-        except StopForward:
-            pass
+    acts, output, calls = layer_outputs(model, inputs, dict(layers), grad=grad, stop=stop or False)
     for name, n in calls.items():
         if n == 0 and output is not None:
             raise ValueError(f"layer {name!r} was not called during the forward pass; choose a layer the model uses")
@@ -300,7 +294,7 @@ class GuidedGradCAM(GradCAM):
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         cam = self.layer_maps(model, inputs, call)[0].clamp(min=0)
         cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-        return GuidedBackprop().rows(model, inputs, call.target) * cam
+        return GuidedBackprop().attribute(model, inputs, Call(call.target)) * cam
 
 
 # --- Eigen-CAM ------------------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from ..core import Call, Cost, check_inputs, register
 from ..hooks import ModuleCall, model_state, record_calls, replace_output, tensor_version
 from ..progress import progress
 from ..targets import make_target
+from .base import BatchedMethod
 from .cam import CAMMethod, forward_layers, token_grid
-from .gradient import _chunks, default_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _weighted_sum(w: Tensor, a: Tensor) -> Tensor:
 
 @register("scorecam")
 @dataclass
-class ScoreCAM(CAMMethod):
+class ScoreCAM(CAMMethod, BatchedMethod):
     """Score-CAM (Wang et al. 2020, arXiv:1910.01279): M = sum_k w_k A_k, w = softmax_k(S(x * H_k) - S(x_b)),
     H_k = min-max(upsample(A_k)) (bilinear to the input size, ``align_corners=False`` as in the official code;
     pytorch-grad-cam upsamples with ``align_corners=True``, which moves the masks by a fraction of a cell: map
@@ -50,7 +50,6 @@ class ScoreCAM(CAMMethod):
     efficientnet_lite0's last layer on chelsea). ``extras["weights"]``: the (B,K) weights;
     ``extras["evaluations"]``: forward passes per sample (usable channels + 1 baseline)."""
 
-    batch_size: int | None = None
     score: str = "logit"
 
     def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
@@ -334,7 +333,7 @@ _TIMING_ROWS = 2
 
 @register("ablationcam")
 @dataclass
-class AblationCAM(CAMMethod):
+class AblationCAM(CAMMethod, BatchedMethod):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): M = sum_k w_k A_k, w_k = (S - S_k) / |S|, S_k the score with
     channel k of the layer set to 0 (|S| is clamped to >= 1e-6; for S > 0 this is the paper's (S - S_k) / S).
 
@@ -350,7 +349,6 @@ class AblationCAM(CAMMethod):
     ``extras``: ``"ablation_path"`` ("tail" or "forward"), ``"tail"`` (how it was found, as :class:`Split`'s kind;
     None for full forwards), ``"no_tail"`` (why none was found), ``"weights"`` (B,K)."""
 
-    batch_size: int | None = None
     head: Callable[[Tensor], Any] | None = None
     split: bool = True
 
@@ -459,12 +457,12 @@ class AblationCAM(CAMMethod):
                 call.extras["no_tail"] = split.reason
                 if self.split:
                     _log_fallback(model, name, native, k, split.reason)
-            size = self.batch_size or default_batch_size(native if split.tail is not None else inputs)
+            size = self.chunk_size(native if split.tail is not None else inputs, backward=False)
             sample = torch.arange(b).repeat_interleave(k)
             channel = torch.arange(k).repeat(b)
             ablated_scores = torch.zeros(b * k, dtype=y.dtype, device=y.device)
             with progress(b * k, "ablationcam", "ablations") as bar:
-                for sl in _chunks(b * k, size):
+                for sl in engine.slices(b * k, size):
                     idx = sample[sl].to(native.device)
                     ablated = self._ablate(native[idx], channel[sl], inputs)
                     if split.tail is not None:

@@ -1,9 +1,9 @@
 """Gradient attributions: saliency, input x gradient, integrated gradients, SmoothGrad (and its squared and
 variance forms), guided backprop and deconvnet.
 
-Every method here is a :class:`GradientMethod`: it maps a batch of rows (inputs, or expanded variants
-of them) and a row target to attributions of the same shape with :meth:`GradientMethod.rows`, so that
-SmoothGrad can wrap any of them, and batched expansions (IG steps, noise samples) share one code path.
+Every method writes only :meth:`~seewhy.core.Method.attribute`; the expanded inputs of integrated gradients (steps)
+and SmoothGrad (noisy copies) are batched by :class:`~seewhy.methods.base.BatchedMethod`. SmoothGrad wraps any
+registered method, as Captum's NoiseTunnel does.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import engine
-from ..core import Call, Cost, Method, get_method, register
+from ..core import METHODS, Call, Cost, Method, get_method, register
 from ..engine import gaussian_blur  # noqa: F401  (re-exported)
 from ..hooks import rectifier_backward
-from ..progress import progress
 from ..targets import Target
-
-
-def default_batch_size(inputs: Tensor) -> int:
-    """Rows per forward+backward chunk: about 2 Mi input values (13 images at 3x224x224), at least 1.
-
-    Larger chunks are no faster on a CPU and cost memory (27 images at 224 px took 2.9 GB on EfficientNet)."""
-    return max(1, (1 << 21) // max(1, inputs[0].numel()))
+from .base import BatchedMethod
 
 
 def input_gradient(model: nn.Module, x: Tensor, target: Target, call: Call | None = None) -> Tensor:
@@ -54,18 +47,10 @@ def input_gradient(model: nn.Module, x: Tensor, target: Target, call: Call | Non
 
 @dataclass
 class GradientMethod(Method):
-    """A method built from input gradients; subclasses define :meth:`rows`."""
+    """A method built from input gradients."""
 
     kind: ClassVar[str] = "pixel"
     family: ClassVar[str] = "gradient"
-
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        """Attributions for a batch of rows ``x`` scored by ``target`` (already resolved for these rows)."""
-        raise NotImplementedError
-
-    def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
-        target = call.ensure_target(model, inputs)
-        return self.rows(model, inputs, target)
 
 
 @register("saliency")
@@ -78,9 +63,6 @@ class Saliency(GradientMethod):
 
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "max_abs", "sign": "abs", "normalize": "percentile"}
 
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return input_gradient(model, x, target)
-
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         return input_gradient(model, inputs, call.target, call)
 
@@ -91,9 +73,6 @@ class InputXGradient(Saliency):
     """Input x gradient, the first-order Taylor term (Shrikumar et al. 2016): A = x * dS_c/dx."""
 
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "abs", "normalize": "percentile"}
-
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return x * input_gradient(model, x, target)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         return inputs * input_gradient(model, inputs, call.target, call)
@@ -147,25 +126,21 @@ def make_baseline(
         raise
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 @register("integrated_gradients")
 @dataclass
-class IntegratedGradients(GradientMethod):
+class IntegratedGradients(GradientMethod, BatchedMethod):
     """Integrated gradients (Sundararajan et al. 2017, arXiv:1703.01365):
     A = (x - x') * integral_0^1 dS_c(x' + a (x - x'))/dx da, by quadrature with ``n_steps`` nodes.
 
     The completeness gap sum(A) - (S_c(x) - S_c(x')) is reported per sample in
     ``extras["completeness_gap"]``. ``baseline``: "zeros" | "blur" | "uniform" | number | Tensor;
-    ``blur_sigma`` is in pixels; ``seed`` drives the "uniform" baseline.
+    ``blur_sigma`` is in pixels; ``seed`` drives the "uniform" baseline; ``batch_size``: path points per
+    forward+backward.
     """
 
     n_steps: int = 50
     baseline: str | float | Tensor = "zeros"
     quadrature: str = "gausslegendre"
-    batch_size: int | None = None
     blur_sigma: float = 10.0
     seed: int | None = None
 
@@ -173,67 +148,66 @@ class IntegratedGradients(GradientMethod):
         """One forward of the input and the baseline, then ``n_steps`` forward+backward passes."""
         return Cost(forwards=2, backwards=self.n_steps, lower="n_steps")
 
-    def _baseline(self, inputs: Tensor) -> Tensor:
-        gen = engine.generator(self.seed)[0] if self.baseline == "uniform" else None
-        return make_baseline(inputs, self.baseline, sigma=self.blur_sigma, generator=gen)
-
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return self._integrate(model, x, self._baseline(x), target)
-
-    def _integrate(self, model: nn.Module, x: Tensor, base: Tensor, target: Target) -> Tensor:
-        alphas, weights = quadrature(self.n_steps, self.quadrature)
-        n, s = x.shape[0], self.n_steps
-        size = self.batch_size or default_batch_size(x)
-        total = torch.zeros_like(x)
-        diff = x - base
-        sample = torch.arange(n).repeat_interleave(s)  # row r of the expansion is sample r // s, node r % s
-        node = torch.arange(s).repeat(n)
-        with progress(n * s, self.name or "integrated_gradients", "steps") as bar:
-            for sl in _chunks(n * s, size):
-                idx, k = sample[sl].to(x.device), node[sl]
-                a = alphas[k].to(x).view(-1, 1, 1, 1)
-                w = weights[k].to(x).view(-1, 1, 1, 1)
-                g = input_gradient(model, base[idx] + a * diff[idx], target.select(sample[sl]))
-                total.index_add_(0, idx, g * w)
-                bar.update(len(idx))
-        return diff * total
-
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
-        base = self._baseline(inputs)
+        gen = engine.generator(self.seed)[0] if self.baseline == "uniform" else None
+        base = make_baseline(inputs, self.baseline, sigma=self.blur_sigma, generator=gen)
         with torch.no_grad():
             out = model(torch.cat([inputs, base]))
         n = inputs.shape[0]
         target = call.resolve(out[:n])
-        attr = self._integrate(model, inputs, base, target)
+        alphas, weights = quadrature(self.n_steps, self.quadrature)
+        diff = inputs - base
+
+        def path(s: Tensor, k: Tensor) -> Tensor:
+            d = s.to(inputs.device)
+            return base[d] + alphas[k].to(inputs).view(-1, 1, 1, 1) * diff[d]
+
+        total, _ = self.accumulate(inputs, self.n_steps, path,
+                                   lambda rows, s: input_gradient(model, rows, target.select(s)),
+                                   weights=weights, desc=self.name or "integrated_gradients", unit="steps")
+        attr = diff * total
         delta = target.score(out[:n]) - target.score(out[n:])
         call.extras["baseline_scores"] = target.score(out[n:]).detach()
         call.extras["completeness_gap"] = (attr.sum(dim=(1, 2, 3)) - delta).detach()
         return attr
 
 
+#: SmoothGrad's variants: the mean of the base attributions, the mean of their squares, their variance
+VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+
 @register("smoothgrad")
 @dataclass
-class SmoothGrad(GradientMethod):
-    """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) over any gradient method ``base``:
+class SmoothGrad(BatchedMethod):
+    """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) over any registered method ``base``:
     A = mean_k base(x + e_k), e_k ~ N(0, (noise * (max x - min x))^2).
 
-    ``kind="smoothgrad_sq"`` averages base(.)^2; ``kind="vargrad"`` (Adebayo et al. 2018) takes the
-    variance. The same ``n_samples`` noise patterns (from ``seed``) are used for every image, scaled by
-    each image's value range, so a sample's result does not depend on its batch.
+    ``variant="smoothgrad_sq"`` averages base(.)^2; ``variant="vargrad"`` (Adebayo et al. 2018) takes the
+    variance. The base may be any method (a gradient, a CAM, a perturbation method, as Captum's NoiseTunnel wraps
+    any attribution): the result has the base's kind and shape. The same ``n_samples`` noise patterns (from
+    ``seed``) are used for every image, scaled by each image's value range, so a sample's result does not depend on
+    its batch; ``batch_size`` counts the base's model evaluations per call (noisy copies per call: ``batch_size``
+    over the base's evaluations per image).
     """
 
     base: str = "saliency"
     n_samples: int = 50
     noise: float = 0.15
-    kind: str = "smoothgrad"
+    variant: str = "smoothgrad"
     seed: int | None = None
-    batch_size: int | None = None
     base_params: dict | None = None
+
+    family: ClassVar[str] = "gradient"
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """The base method's kind (pixel attributions from a gradient base, a layer map from a CAM)."""
+        return METHODS[self.base].kind if self.base in METHODS else "pixel"
 
     @property
     def heatmap_convention(self) -> dict[str, Any]:  # type: ignore[override]
         conv = dict(get_method(self.base).heatmap_convention)
-        if self.kind != "smoothgrad":
+        if self.variant != "smoothgrad":
             conv.update(sign="positive", reduce="sum" if conv.get("reduce") != "max_abs" else "max_abs")
         return conv
 
@@ -241,57 +215,44 @@ class SmoothGrad(GradientMethod):
         """``n_samples`` calls of the base method (on noisy copies), plus one forward for the target."""
         base = self._base().cost(model, inputs)
         return Cost(forwards=1 + base.forwards * self.n_samples, backwards=base.backwards * self.n_samples,
+                    per_channel=base.per_channel * self.n_samples, tail=base.tail, tail_fraction=base.tail_fraction,
                     lower="n_samples")
 
-    def _base(self) -> GradientMethod:
-        params = dict(self.base_params or {})
+    def _base(self) -> Method:
         if self.base == "smoothgrad":
             raise ValueError("smoothgrad cannot wrap itself")
-        m = get_method(self.base, **params)
-        if not isinstance(m, GradientMethod):
-            raise ValueError(f"smoothgrad needs a gradient method as base, {self.base!r} is not one")
-        if "batch_size" in m.params and m.params["batch_size"] is None:
-            m.batch_size = self.batch_size  # type: ignore[attr-defined]
+        m = get_method(self.base, **dict(self.base_params or {}))
+        if isinstance(m, BatchedMethod) and m.batch_size is None:
+            m.batch_size = self.batch_size
         return m
 
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return self._smooth(model, x, target, engine.generator(self.seed)[0])
-
-    def _smooth(self, model: nn.Module, x: Tensor, target: Target, gen: torch.Generator) -> Tensor:
-        if self.kind not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-            raise ValueError(f"unknown kind {self.kind!r}; use smoothgrad, smoothgrad_sq or vargrad")
+    def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; use {', '.join(VARIANTS)}")
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
         base = self._base()
-        noise = torch.randn((self.n_samples, *x.shape[1:]), generator=gen, dtype=torch.float64).to(x)
-        sigma = self.noise * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))  # (B,)
-        n, s = x.shape[0], self.n_samples
-        size = self.batch_size or default_batch_size(x)
-        if isinstance(base, IntegratedGradients):
-            size = max(1, size // base.n_steps)
-        mean = torch.zeros_like(x)
-        sq = torch.zeros_like(x)
-        sample = torch.arange(n).repeat_interleave(s)
-        draw = torch.arange(s).repeat(n)
-        with progress(n * s, f"smoothgrad({self.base})", "samples") as bar:
-            for sl in _chunks(n * s, size):
-                idx, k = sample[sl].to(x.device), draw[sl].to(x.device)
-                rows = x[idx] + sigma[idx].view(-1, 1, 1, 1) * noise[k]
-                a = base.rows(model, rows, target.select(sample[sl]))
-                mean.index_add_(0, idx, a)
-                sq.index_add_(0, idx, a * a)
-                bar.update(len(idx))
-        mean, sq = mean / s, sq / s
-        if self.kind == "smoothgrad":
-            return mean
-        if self.kind == "smoothgrad_sq":
-            return sq
-        return (sq - mean * mean).clamp(min=0)
-
-    def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         target = call.ensure_target(model, inputs)
         gen, call.extras["seed"] = engine.generator(self.seed)
-        return self._smooth(model, inputs, target, gen)
+        noise = torch.randn((self.n_samples, *inputs.shape[1:]), generator=gen, dtype=torch.float64).to(inputs)
+        sigma = self.noise * (inputs.amax(dim=(1, 2, 3)) - inputs.amin(dim=(1, 2, 3)))  # (B,)
+
+        def noisy(s: Tensor, k: Tensor) -> Tensor:
+            d = s.to(inputs.device)
+            return inputs[d] + sigma[d].view(-1, 1, 1, 1) * noise[k.to(inputs.device)]
+
+        def attribute(rows: Tensor, s: Tensor) -> Tensor:
+            one = Call(target.take(s))
+            return base.attribute(model, rows, one)
+
+        evaluations = base.cost().evaluations()
+        total, sq = self.accumulate(inputs, self.n_samples, noisy, attribute, squares=self.variant != "smoothgrad",
+                                    rows_cost=evaluations or 1.0, desc=f"smoothgrad({self.base})", unit="samples")
+        mean = total / self.n_samples
+        if self.variant == "smoothgrad":
+            return mean
+        sq = sq / self.n_samples
+        return sq if self.variant == "smoothgrad_sq" else (sq - mean * mean).clamp(min=0)
 
 
 def _guided_rule(grad: Tensor, mask: Tensor) -> Tensor:
@@ -317,9 +278,6 @@ class _ModifiedReLU(GradientMethod):
                 stacklevel=4,
             )
         return g
-
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return self._gradient(model, x, target, None)
 
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         return self._gradient(model, inputs, call.target, call)

@@ -5,12 +5,12 @@ engine (:mod:`seewhy.engine`: chunks of ``batch_size``, ``torch.inference_mode()
 shared by several targets). f(x) is the forward the target was resolved from; it is not recomputed.
 
 Every :class:`PerturbationMethod` can explain several targets from the same forward passes with
-:meth:`PerturbationMethod.explain_targets`.
+:meth:`~seewhy.core.Method.explain_targets`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,71 +18,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Call, Cost, Explanation, Method, check_attribution, check_inputs, register
-from ..engine import evaluate_masks, forward, generator, make_baseline, resolve_score, score_rows
-from ..hooks import model_state
+from ..core import Call, Cost, register
+from ..engine import generator, make_baseline, resolve_score, score_rows
 from ..segments import make_segments, n_features, segment_mean
-from ..targets import Target, TargetSpec, make_target
+from ..targets import Target
+from .base import BatchedMethod
 
 Result = tuple[Tensor, dict[str, Any]]  # attributions for one target and that target's extras
 
 
 @dataclass
-class PerturbationMethod(Method):
-    """Base of the black-box methods. Subclasses implement :meth:`explain`, which handles a list of targets."""
+class PerturbationMethod(BatchedMethod):
+    """Base of the black-box methods: a subclass writes :meth:`~seewhy.core.Method.attribute_targets` (several
+    targets from the same perturbed forwards). ``score``: "logit" (the raw output), "probability" (softmax) or
+    "auto" (the probability for class targets, the raw value of a callable target)."""
 
+    score: str = "logit"
     family: ClassVar[str] = "perturbation"
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
-        """(attributions, extras) for each resolved target; shared extras go to ``call.extras``."""
-        raise NotImplementedError
+    def modes(self, targets: list[Target]) -> list[str]:
+        """The score each target is read with ("logit" or "probability", from ``score``)."""
+        return [resolve_score(self.score, t) for t in targets]
 
-    def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
-        if call.output is None:  # f(x), and the target resolved from it, through the engine's fast path
-            call.resolve(forward(model, inputs, batch_size=getattr(self, "batch_size", None)))
-        target = call.target
-        ((attr, extras),) = self.explain(model, inputs, [target], call)
-        call.extras.update(extras)
-        return attr
-
-    def explain_targets(
-        self, model: nn.Module, inputs: Tensor, targets: Sequence[TargetSpec]
-    ) -> list[Explanation]:
-        """One :class:`~seewhy.core.Explanation` per target spec, all from the same perturbed forward passes
-        (e.g. ``targets=["top1", 281, 285]``: each spec is resolved as in :func:`seewhy.explain`)."""
-        if isinstance(targets, (str, int, Tensor)) or callable(targets) or not len(targets):
-            raise TypeError("targets must be a non-empty list of target specs, e.g. ['top1', 281]")
-        inputs = check_inputs(inputs)
-        names = getattr(model, "class_names", None)
-        with torch.inference_mode(False), model_state(model):
-            output = forward(model, inputs, batch_size=getattr(self, "batch_size", None))
-            resolved = [make_target(t, inputs.shape[0], names).resolve(output) for t in targets]
-            call = Call(resolved[0], output=output)
-            results = self.explain(model, inputs, resolved, call)
-        out = []
-        for t, (attr, extras) in zip(resolved, results, strict=True):
-            check_attribution(attr, inputs, self)
-            out.append(Explanation(
-                attributions=attr.detach(), targets=t.indices, scores=t.score(output).detach(), method=self.name,
-                params=self.params, kind=self.kind, heatmap_convention=dict(self.heatmap_convention),
-                extras={**call.extras, **extras}, class_names=names, inputs=inputs.detach(),
-            ))
-        return out
-
-    # helpers for subclasses
-    def _modes(self, targets: list[Target]) -> list[str]:
-        return [resolve_score(getattr(self, "score", "logit"), t) for t in targets]
-
-    def _clean_scores(self, call: Call, targets: list[Target], modes: list[str]) -> Tensor:
+    def clean_scores(self, call: Call, targets: list[Target], modes: list[str]) -> Tensor:
         """(T,B) f(x) for every target, from the forward that resolved the target."""
         return torch.stack([score_rows(call.output, t, m) for t, m in zip(targets, modes, strict=True)])
-
-    def _run(
-        self, model: nn.Module, inputs: Tensor, baseline: Tensor, masks: Callable[[Tensor], Tensor], sample: Tensor,
-        targets: list[Target], modes: list[str],
-    ) -> Tensor:
-        return evaluate_masks(model, inputs, baseline, masks, sample, targets, batch_size=self.batch_size,
-                              score=modes, desc=self.name)
 
 
 def _as_triple(value: int | Sequence[int], name: str, channel_default: int) -> tuple[int, int, int]:
@@ -145,8 +105,6 @@ class Occlusion(PerturbationMethod):
     stride: int | tuple[int, ...] = 8
     baseline: float | str | Tensor = 0.0
     blur_sigma: float = 10.0
-    score: str = "logit"
-    batch_size: int | None = None
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "mean", "sign": "positive", "normalize": "max"}
 
     def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
@@ -185,15 +143,16 @@ class Occlusion(PerturbationMethod):
                 occluded = occluded & a[kk // (nh * nw)][:, :, None, None]
             return ~occluded
 
-        scores = self._run(model, inputs, base, masks, sample, targets, modes)
+        scores = self.evaluate_masks(model, inputs, base, masks, sample, targets, modes)
         call.extras["n_evaluations"] = b * k
         call.extras["grid"] = (nc, nh, nw)
         return scores.view(len(targets), b, nc, nh, nw), inds
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
-        modes = self._modes(targets)
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[Result]:
+        modes = self.modes(targets)
         scores, (a, bh, bw) = self._occlusion_scores(model, inputs, targets, call, modes)
-        clean = self._clean_scores(call, targets, modes)
+        clean = self.clean_scores(call, targets, modes)
         diff = (clean[:, :, None, None, None] - scores).to(torch.float64)
         a, bh, bw = (i.to(inputs.device, torch.float64) for i in (a, bh, bw))
         total = torch.einsum("tbijk,ic,jh,kw->tbchw", diff, a, bh, bw)
@@ -218,16 +177,17 @@ class OcclusionMap(Occlusion):
     kind: ClassVar[str] = "map"
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "none", "sign": "positive", "normalize": "minmax"}
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[Result]:
         window = _as_triple(self.window, "window", inputs.shape[1])
         if window[0] != inputs.shape[1]:
             raise ValueError(
                 f"occlusion_map needs windows over all {inputs.shape[1]} channels, got window {self.window!r}; "
                 "give window=k or (h, w), or use 'occlusion' to slide over channels"
             )
-        modes = self._modes(targets)
+        modes = self.modes(targets)
         scores, _ = self._occlusion_scores(model, inputs, targets, call, modes)
-        clean = self._clean_scores(call, targets, modes)
+        clean = self.clean_scores(call, targets, modes)
         return [(scores[t, :, 0].unsqueeze(1), {"clean_score": clean[t]}) for t in range(len(targets))]
 
 
@@ -271,8 +231,6 @@ class FeatureAblation(PerturbationMethod):
     baseline: float | str | Tensor = 0.0
     blur_sigma: float = 10.0
     segment_params: dict | None = None
-    score: str = "logit"
-    batch_size: int | None = None
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "mean", "sign": "positive", "normalize": "max"}
 
     def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
@@ -280,7 +238,8 @@ class FeatureAblation(PerturbationMethod):
         n = int(self.mask.unique().numel()) if isinstance(self.mask, Tensor) else self.n_segments
         return Cost(forwards=1 + n, lower=None if isinstance(self.mask, Tensor) else "n_segments")
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[Result]:
         segments = make_segments(self.mask, inputs, self.n_segments, self.segment_params, name="mask")
         counts = n_features(segments)
         b, f = inputs.shape[0], int(counts.max())
@@ -292,9 +251,9 @@ class FeatureAblation(PerturbationMethod):
             s, j = sample[idx].to(inputs.device), feature[idx].to(inputs.device)
             return (segments[s] != j[:, None, None]).unsqueeze(1)
 
-        modes = self._modes(targets)
-        scores = self._run(model, inputs, base, masks, sample, targets, modes)
-        clean = self._clean_scores(call, targets, modes)
+        modes = self.modes(targets)
+        scores = self.evaluate_masks(model, inputs, base, masks, sample, targets, modes)
+        clean = self.clean_scores(call, targets, modes)
         dev = inputs.device
         weights = torch.zeros(len(targets), b, f, dtype=scores.dtype, device=dev)
         weights[:, sample.to(dev), feature.to(dev)] = clean[:, sample.to(dev)] - scores
@@ -364,7 +323,6 @@ class RISE(PerturbationMethod):
     baseline: float | str | Tensor = 0.0
     blur_sigma: float = 10.0
     score: str = "auto"
-    batch_size: int | None = None
     kind: ClassVar[str] = "map"
 
     _BLOCK: ClassVar[int] = 128  # masks per accumulation block (fixed: the sum does not depend on batch_size)
@@ -378,7 +336,8 @@ class RISE(PerturbationMethod):
         sign = "all" if self.score == "logit" else "positive"
         return {"reduce": "none", "sign": sign, "normalize": "minmax"}
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[Result]:
         gen, call.extras["seed"] = generator(self.seed)
         b, _, h, w = inputs.shape
         n = self.n_masks
@@ -392,8 +351,8 @@ class RISE(PerturbationMethod):
             m = mask_of[idx]
             return rise_masks(grids[m.to(grids.device)], shifts[m], cell, (h, w), inputs.dtype)
 
-        modes = self._modes(targets)
-        scores = self._run(model, inputs, base, masks, sample, targets, modes)  # (T, n*b)
+        modes = self.modes(targets)
+        scores = self.evaluate_masks(model, inputs, base, masks, sample, targets, modes)  # (T, n*b)
         scores = scores.view(len(targets), n, b).permute(0, 2, 1).reshape(len(targets) * b, n).to(torch.float64)
         sal = torch.zeros(len(targets) * b, h * w, dtype=torch.float64, device=inputs.device)
         for start in range(0, n, self._BLOCK):

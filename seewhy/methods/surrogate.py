@@ -142,8 +142,6 @@ class SurrogateMethod(PerturbationMethod):
     seed: int | None = None
     segment_params: dict | None = None
     blur_sigma: float = 10.0
-    score: str = "logit"
-    batch_size: int | None = None
 
     def cost(self, model: nn.Module | None = None, inputs: Tensor | None = None) -> Cost:
         """``n_samples`` coalitions (and f(x), and for KernelSHAP f(baseline))."""
@@ -158,7 +156,8 @@ class SurrogateMethod(PerturbationMethod):
         """Feature weights (T, F) from scores y (T, m) of coalitions z, f(x) ``clean`` (T,); per-target extras."""
         raise NotImplementedError
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: list[Target], call: Call) -> list[Result]:
+    def attribute_targets(self, model: nn.Module, inputs: Tensor, targets: list[Target],
+                          call: Call) -> list[Result]:
         if not isinstance(self.n_samples, int) or isinstance(self.n_samples, bool) or self.n_samples < 2:
             raise ValueError(f"n_samples must be an int >= 2, got {self.n_samples!r}")
         segments = make_segments(self.segments, inputs, self.n_segments, self.segment_params)
@@ -182,9 +181,9 @@ class SurrogateMethod(PerturbationMethod):
             z = z_all[s, draw[idx].to(inputs.device)]
             return z.gather(1, segments[s].reshape(len(idx), -1)).view(len(idx), 1, h, w)
 
-        modes = self._modes(targets)
-        scores = self._run(model, inputs, base, masks, sample, targets, modes).double().cpu()
-        clean = self._clean_scores(call, targets, modes).double().cpu()
+        modes = self.modes(targets)
+        scores = self.evaluate_masks(model, inputs, base, masks, sample, targets, modes).double().cpu()
+        clean = self.clean_scores(call, targets, modes).double().cpu()
         weights = torch.zeros(len(targets), b, f_max, dtype=torch.float64)
         per_target: list[dict[str, list[Tensor]]] = [{} for _ in targets]
         start = 0

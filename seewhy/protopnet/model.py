@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import zoo
+from ..hooks import layer_outputs
 from ..layers import resolve_layer
 
 __all__ = [
@@ -79,16 +80,11 @@ class FeaturesTrunk(nn.Module):
         return self.model.forward_features(x)
 
 
-class _TrunkDone(Exception):
-    """Ends a :class:`LayerTrunk` forward once its layer has run (not seewhy's StopForward, which a method's
-    own hooks may raise through the trunk)."""
-
-
 class LayerTrunk(nn.Module):
     """Any model cut after one of its layers: runs the model's forward and stops once ``layer`` has run.
 
-    Works for models whose forward uses functional calls (no ``nn.Sequential`` needed). The forward hook
-    exists only during the trunk's own forward and is removed in ``finally``.
+    Works for models whose forward uses functional calls (no ``nn.Sequential`` needed): the layer is captured and
+    the forward stopped by :func:`seewhy.hooks.layer_outputs`, whose hooks exist only during the trunk's forward.
     """
 
     def __init__(self, model: nn.Module, layer: str) -> None:
@@ -98,25 +94,11 @@ class LayerTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         module = self.model.get_submodule(self.layer)
-        box: list[Tensor] = []
-
-        def hook(m: nn.Module, args: tuple, out: Any) -> None:
-            if not isinstance(out, Tensor):
-                raise TypeError(f"trunk layer {self.layer!r} returns {type(out).__name__}, not a tensor")
-            box.append(out)
-            raise _TrunkDone
-
-        handle = module.register_forward_hook(hook)
-        try:
-            self.model(x)
-        except _TrunkDone:
-            pass
-        finally:
-            handle.remove()
-        if not box:
+        acts, _, calls = layer_outputs(self.model, x, {self.layer: module}, grad=None, stop=True)
+        if not calls[self.layer]:
             raise ValueError(f"trunk layer {self.layer!r} was not called during the forward pass; choose a layer "
                              "the model uses (see model.named_modules())")
-        return box[0]
+        return acts[self.layer]
 
 
 def trunk(model: nn.Module, layer: str | None = None) -> nn.Module:

@@ -8,6 +8,7 @@ from conftest import FAST_PARAMS, build, build_protopnet
 from torch import nn
 
 import seewhy
+from seewhy.core import KINDS
 from seewhy.hooks import count_hooks
 
 METHODS = seewhy.list_methods()
@@ -52,6 +53,8 @@ def test_shape_finite_and_model_untouched(name: str, model_name: str, inputs: to
     _assert_unchanged(model, snap)
     assert torch.equal(inputs, x0), "inputs were mutated"
     a = exp.attributions
+    assert exp.kind in KINDS, f"{name}: kind {exp.kind!r} is not one of {KINDS}"
+    assert exp.kind == _method(name).kind
     assert a.ndim == 4 and a.shape[0] == inputs.shape[0]
     if exp.kind == "pixel":
         assert a.shape == inputs.shape
@@ -119,3 +122,16 @@ def test_float64_and_deterministic(name: str, inputs: torch.Tensor) -> None:
     b = _method(name)(model, x, 0)
     assert a.dtype == torch.float64
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "smoothgrad"])
+def test_smoothgrad_wraps_every_method(name: str, inputs: torch.Tensor) -> None:
+    """SmoothGrad over any registered method (as Captum's NoiseTunnel): without noise, the mean over copies is the
+    method's own result, with its kind and shape."""
+    model = _model(name, "tiny_cnn")
+    x = inputs[:2]
+    direct = _method(name)(model, x, [1, 7])
+    sg = seewhy.get_method("smoothgrad", base=name, base_params=FAST_PARAMS.get(name), n_samples=2, noise=0.0)
+    exp = seewhy.explain(model, x, sg, target=[1, 7])
+    assert exp.kind == seewhy.get_method(name).kind
+    torch.testing.assert_close(exp.attributions, direct, rtol=1e-4, atol=1e-6)

@@ -186,9 +186,9 @@ def test_smoothgrad_limits(inputs: torch.Tensor) -> None:
     sal = seewhy.explain(model, x, "saliency", target=2).attributions
     sg = seewhy.explain(model, x, "smoothgrad", target=2, n_samples=3, noise=0.0).attributions
     torch.testing.assert_close(sg, sal)
-    sq = seewhy.explain(model, x, "smoothgrad", target=2, n_samples=2, noise=0.0, kind="smoothgrad_sq")
+    sq = seewhy.explain(model, x, "smoothgrad", target=2, n_samples=2, noise=0.0, variant="smoothgrad_sq")
     torch.testing.assert_close(sq.attributions, sal**2)
-    var = seewhy.explain(model, x, "smoothgrad", target=2, n_samples=2, noise=0.0, kind="vargrad")
+    var = seewhy.explain(model, x, "smoothgrad", target=2, n_samples=2, noise=0.0, variant="vargrad")
     assert var.attributions.abs().max() < 1e-12
 
 
@@ -204,7 +204,7 @@ def test_smoothgrad_matches_an_explicit_average(inputs: torch.Tensor) -> None:
         grads.append(torch.autograd.grad(model(xk)[:, 4].sum(), xk)[0])
     g = torch.stack(grads)
     torch.testing.assert_close(exp.attributions, g.mean(0))
-    vg = seewhy.explain(model, x, "smoothgrad", target=4, n_samples=5, noise=0.2, seed=11, kind="vargrad")
+    vg = seewhy.explain(model, x, "smoothgrad", target=4, n_samples=5, noise=0.2, seed=11, variant="vargrad")
     torch.testing.assert_close(vg.attributions, g.var(0, unbiased=False))
     assert exp.extras["seed"] == 11
 
@@ -233,8 +233,8 @@ def test_smoothgrad_wraps_other_gradient_methods(base: str, inputs: torch.Tensor
 
 def test_smoothgrad_errors(inputs: torch.Tensor) -> None:
     model = build("tiny_cnn")
-    with pytest.raises(ValueError, match="kind"):
-        seewhy.explain(model, inputs, "smoothgrad", kind="smoothgrad_cubed")
+    with pytest.raises(ValueError, match="variant"):
+        seewhy.explain(model, inputs, "smoothgrad", variant="smoothgrad_cubed")
     with pytest.raises(ValueError, match="unknown method"):
         seewhy.explain(model, inputs, "smoothgrad", base="salency")
 
