@@ -7,8 +7,8 @@ Every ratio is to the input-only forward+backward (parameters frozen, gradient o
 to the input only, as seewhy's methods do); the training-style step (backward to every parameter too) is a second
 column. The references, seewhy's methods and Captum's (when installed: ``pip install captum``; not a seewhy
 dependency) are warmed up and then timed interleaved, round after round, in one process. Captum's
-IntegratedGradients and NoiseTunnel(Saliency) get the same chunk as seewhy (``seewhy.methods.gradient.
-default_batch_size``); Captum rounds it down to whole steps per pass (rows = steps x images). Captum runs on the
+IntegratedGradients and NoiseTunnel(Saliency) get the same chunk as seewhy (``seewhy.engine.default_batch_size(x,
+backward=True)``); Captum rounds it down to whole steps per pass (rows = steps x images). Captum runs on the
 model as a user has it (eval mode, parameters requiring grad); ``--captum-frozen`` adds rows with the parameters
 frozen. Peak memory: one cold call per fresh process (see ``common.MEMORY``). Writes benchmarks/results/gradient.md.
 """
@@ -40,7 +40,7 @@ from common import (
 
 import seewhy
 from seewhy.hooks import model_state
-from seewhy.methods.gradient import default_batch_size
+from seewhy.engine import default_batch_size
 
 REF, TRAIN = "input-only forward+backward (reference)", "training-style forward+backward"
 
@@ -50,7 +50,7 @@ def cases(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opts: d
     """Every timed call: name -> (function, settings). ``opts``: steps (IG steps, SmoothGrad samples),
     captum_frozen."""
     steps, b = int(opts.get("steps", 50)), x.shape[0]
-    chunk = default_batch_size(x)
+    chunk = default_batch_size(x, backward=True)
     fwd, n_fwd = forward_step(model, x, b, True, images=b)
     out: dict[str, tuple[Callable[[], object], str]] = {
         REF: (input_only_step(model, x, target), f"batch {b}"),
