@@ -3,7 +3,7 @@ itself in ``finally``: no hook, flag or ``requires_grad`` change outlives a call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +49,6 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool | None = True) -> It
     as the layer returned it, even when a later in-place op changes the tensor the model goes on with.
     """
     acts: dict[str, Tensor] = {}
-    handles = []
 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -69,13 +68,8 @@ def capture(modules: Mapping[str, nn.Module], *, grad: bool | None = True) -> It
 
         return hook
 
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+    with forward_hooks([(module, make_hook(name)) for name, module in modules.items()]):
         yield acts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class StopForward(Exception):
@@ -94,7 +88,6 @@ def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | Non
     """Count the calls of each module during the block; end the forward (raise ``StopForward(token)``) after a
     module whose output satisfies ``stop``. Hooks are removed on exit."""
     calls = dict.fromkeys(modules, 0)
-    handles = []
 
     def make(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
@@ -104,13 +97,8 @@ def watch(modules: Mapping[str, nn.Module], stop: Callable[[Tensor], bool] | Non
 
         return hook
 
-    try:
-        for name, m in modules.items():
-            handles.append(m.register_forward_hook(make(name)))
+    with forward_hooks([(m, make(name)) for name, m in modules.items()]):
         yield calls
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def layer_outputs(
@@ -141,23 +129,30 @@ def module_outputs(model: nn.Module, inputs: Tensor, keep: Callable[[str, Tensor
     """One dry forward (no gradients) with every named module watched: ``(name, keep(name, output))`` for each
     module call whose output is a tensor, in the order the calls finish."""
     found: list[tuple[str, Any]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+    def make(name: str) -> Callable:
+        def hook(mod: nn.Module, args: tuple, out: Any) -> None:
             if isinstance(out, Tensor):
                 found.append((name, keep(name, out.detach())))
 
-        handles.append(module.register_forward_hook(hook))
+        return hook
+
+    with forward_hooks([(m, make(name)) for name, m in model.named_modules() if name]), torch.no_grad():
+        model(inputs)
+    return found
+
+
+@contextmanager
+def forward_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Register each (module, forward hook) pair for the block; every hook is removed on exit, even after an error."""
+    handles = []
     try:
-        with torch.no_grad():
-            model(inputs)
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
     finally:
         for h in handles:
             h.remove()
-    return found
 
 
 @contextmanager
