@@ -183,8 +183,8 @@ def evaluate(
     out: Tensor | None = None
     order = torch.arange(n)
     with torch.inference_mode(), _progress(n, desc, "evaluations", enabled=progress is not False) as bar:
-        for start in range(0, n, size):
-            idx = order[start : start + size]
+        for sl in slices(n, size):
+            idx = order[sl]
             x = build(idx)
             if cl and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -197,7 +197,7 @@ def evaluate(
             ])
             if out is None:
                 out = torch.empty((len(tlist), n), dtype=chunk.dtype, device=chunk.device)
-            out[:, start : start + len(idx)] = chunk
+            out[:, sl] = chunk
             bar.update(len(idx))
     if out is None:  # no rows
         out = torch.empty((len(tlist), 0), dtype=like.dtype, device=like.device)
@@ -213,8 +213,8 @@ def forward(
     size = batch_size if batch_size is not None else batch_size_for(model, inputs, inputs.shape[0], cl)
     outs = []
     with torch.inference_mode():
-        for start in range(0, inputs.shape[0], size):
-            x = inputs[start : start + size]
+        for sl in slices(inputs.shape[0], size):
+            x = inputs[sl]
             outs.append(model(x.contiguous(memory_format=torch.channels_last) if cl else x))
     return torch.cat(outs).clone()
 
