@@ -478,7 +478,7 @@ def test_efficientnet_relevance_stays_near_the_class_score(lite0, composite: str
     assert max(abs(float(v[0])) for v in book.values()) <= 10 * abs(score)  # no blow-up at any layer
     if composite == "auto":  # gamma + box, BatchNorms unmerged with the pass rule
         assert 0.1 * abs(score) <= r_in <= 10 * abs(score), (r_in, score)
-    assert "_bn1" in book  # canonizers="auto" keeps this model's BatchNorms (pass rule), see MODEL_DEFAULTS
+    assert "_bn1" in book  # canonizers="auto" keeps this model's BatchNorms (pass rule): its zoo spec says so
     assert "_fc" in book and "_conv_stem" in book and "_blocks.15._project_conv" in book
     assert len(ledger_table(exp)) == len(book)
     # the map is not flat noise: the top decile of |relevance| holds much more than a tenth of it

@@ -236,3 +236,16 @@ def test_zoo_model_with_weights_file(tmp_path) -> None:
 def test_importing_seewhy_does_not_import_torchvision() -> None:
     code = "import seewhy, seewhy.zoo, sys; assert not {'torchvision', 'timm'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spec_of_recognises_zoo_architectures_and_carries_the_lrp_defaults() -> None:
+    for name in zoo.list_models():
+        spec = zoo.get_spec(name)
+        assert zoo.spec_of(spec.build(False)) is spec
+    assert zoo.spec_of(nn.Linear(2, 2)) is None
+    lite0 = zoo.get_spec("efficientnet_lite0")
+    assert (lite0.lrp_composite, lite0.lrp_merge_batchnorm) == ("epsilon_gamma_box", False)
+    tiny = zoo.get_spec("tiny_resnet")
+    assert (tiny.lrp_composite, tiny.lrp_merge_batchnorm) == (None, True)  # None: LRP's own default
+    _, user = zoo.load_model("seewhy.zoo.small:TinyCNN")
+    assert user.class_name is None and zoo.spec_of(TinyCNN()) is zoo.get_spec("tiny_cnn")

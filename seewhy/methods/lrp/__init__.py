@@ -1,8 +1,9 @@
-"""Layer-wise relevance propagation: rules, composites, canonizers and the ``lrp`` method (with a ledger)."""
+"""Layer-wise relevance propagation as four pieces: rules (what happens at a layer), composites (which rule where),
+canonizers (reversible model rewrites) and the ``lrp`` method (the attributor, with a relevance ledger)."""
 
 from __future__ import annotations
 
-from .canonizers import MergeBatchNorm, detect_batchnorm_pairs
+from .canonizers import Canonized, Canonizer, MergeBatchNorm, detect_batchnorm_pairs
 from .composites import (
     PRESETS,
     Composite,
@@ -13,11 +14,29 @@ from .composites import (
     epsilon_plus_flat,
     get_composite,
 )
-from .method import LRP, canonized, input_bounds, ledger_table
-from .rules import LRP0, RULES, AlphaBeta, Epsilon, Flat, Gamma, Layer, Pass, Rule, WSquare, ZBox, ZPlus
+from .method import LRP, canonized, input_bounds, ledger_table, model_defaults
+from .rules import (
+    LRP0,
+    RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Layer,
+    ModifierRule,
+    Pass,
+    Rule,
+    Term,
+    WSquare,
+    ZBox,
+    ZPlus,
+    modified_gradient,
+)
 
 __all__ = [
     "AlphaBeta",
+    "Canonized",
+    "Canonizer",
     "Composite",
     "Epsilon",
     "Flat",
@@ -26,10 +45,12 @@ __all__ = [
     "LRP0",
     "Layer",
     "MergeBatchNorm",
+    "ModifierRule",
     "PRESETS",
     "Pass",
     "RULES",
     "Rule",
+    "Term",
     "WSquare",
     "ZBox",
     "ZPlus",
@@ -43,4 +64,6 @@ __all__ = [
     "get_composite",
     "input_bounds",
     "ledger_table",
+    "model_defaults",
+    "modified_gradient",
 ]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import Term
+from .layer import Term
 
 TRANSPOSED = {F.conv1d: F.conv_transpose1d, F.conv2d: F.conv_transpose2d, F.conv3d: F.conv_transpose3d}
 Transpose = Callable[[Tensor, Tensor], Tensor]

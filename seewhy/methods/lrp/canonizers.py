@@ -1,28 +1,36 @@
-"""Canonizers: model rewrites that leave the function unchanged but make LRP rules apply as intended.
+"""Canonizers: reversible model rewrites that leave the function unchanged but make LRP rules apply as intended
+(Motzkus et al. 2022, "Measurably stronger explanation reliability via model canonization").
 
-``MergeBatchNorm`` folds each BatchNorm into the convolution / linear layer whose output it normalises
-(y = s (W x + b - mu) + beta with s = gamma / sqrt(var + eps): W' = s W, b' = s (b - mu) + beta), and a
+The protocol (Zennit's, written anew): ``Canonizer.apply(model, inputs) -> Canonized``, the record of what was
+changed, which ``restore()``s it exactly and is a context manager. A record holds two kinds of change:
+
+- *written* ones (``write`` a parameter or buffer in place, ``hook`` a module, ``on_restore`` anything else): undone
+  by ``restore()`` in reverse order, a written tensor getting its saved copy back (bit-identical, same object);
+- *functional* ones (``substitute`` a layer's weight and bias, ``bypass`` a BatchNorm): nothing is written; the LRP
+  mode (and :func:`~seewhy.methods.lrp.canonized`) apply them to the calls they see while active, so the model
+  stays usable by other threads meanwhile.
+
+``MergeBatchNorm`` is functional. It folds each BatchNorm into the convolution / linear layer whose output it
+normalises (y = s (W x + b - mu) + beta with s = gamma / sqrt(var + eps): W' = s W, b' = s (b - mu) + beta), and a
 BatchNorm that feeds a linear layer into that layer (W' = W diag(s), b' = b + W (beta - s mu)).
-
-The merge is *functional*: the parameters are never written. While the LRP mode is active, the merged
-layer's call uses (W', b') and the merged BatchNorm call returns its input, so the outputs are those of
-the original model up to rounding, and the parameters stay bit-identical (nothing to undo).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from .composites import BATCHNORM, CONV, LINEAR
 
-_LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
+LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
 
 
 def bn_key(bn: nn.Module) -> int:
@@ -30,9 +38,75 @@ def bn_key(bn: nn.Module) -> int:
     return id(bn.running_mean if bn.running_mean is not None else bn.weight)
 
 
+class Canonized:
+    """What one canonizer changed in one model, and how to undo it; ``with record:`` restores on exit."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, tuple[Tensor, Tensor | None]] = {}  # id(layer weight) -> (W', b'), functional
+        self.bypassed: set[int] = set()  # BatchNorm keys (bn_key) whose calls return their input, functional
+        self._undo: list[Callable[[], None]] = []
+
+    def write(self, tensor: Tensor, value: Tensor) -> None:
+        """Write ``value`` into ``tensor`` (a parameter or buffer) in place; ``restore`` writes the saved copy back."""
+        saved = tensor.detach().clone()
+        with torch.no_grad():
+            tensor.copy_(value)
+
+        def undo() -> None:
+            with torch.no_grad():
+                tensor.copy_(saved)
+
+        self._undo.append(undo)
+
+    def substitute(self, weight: Tensor, new_weight: Tensor, new_bias: Tensor | None) -> None:
+        """Calls of the conv/linear layer with this ``weight`` use ``new_weight`` and ``new_bias`` (nothing written)."""
+        self.weights[id(weight)] = (new_weight, new_bias)
+
+    def bypass(self, bn: nn.Module) -> None:
+        """Calls of the BatchNorm ``bn`` return their input (nothing written)."""
+        self.bypassed.add(bn_key(bn))
+
+    def hook(self, handle: RemovableHandle) -> RemovableHandle:
+        """A hook the canonizer registered: removed by ``restore``."""
+        self._undo.append(handle.remove)
+        return handle
+
+    def on_restore(self, undo: Callable[[], None]) -> None:
+        """Any other undo step, run by ``restore`` (in reverse order of registration)."""
+        self._undo.append(undo)
+
+    def restore(self) -> None:
+        """Undo every written change (all of them, even if one step fails); forget the functional ones."""
+        self.weights, self.bypassed = {}, set()
+        failed: Exception | None = None
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception as err:  # the other steps still run; the first failure is raised
+                failed = failed or err
+        if failed is not None:
+            raise failed
+
+    def __enter__(self) -> Canonized:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+class Canonizer:
+    """A reversible model rewrite for LRP: ``apply(model, inputs)`` makes it and returns the :class:`Canonized`
+    record that restores it. A canonizer holds configuration only (one object serves any number of models);
+    ``inputs`` (a batch like the explained one) is for canonizers that look at a forward pass, else None."""
+
+    def apply(self, model: nn.Module, inputs: Tensor | None = None) -> Canonized:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class MergeBatchNorm:
-    """Merge BatchNorm layers into the adjacent convolution/linear layer (see the module docstring).
+class MergeBatchNorm(Canonizer):
+    """Merge BatchNorm layers into the adjacent convolution/linear layer (Guillemot et al. 2020; see the module
+    docstring), functionally: parameters are never written, the outputs are the original model's up to rounding.
 
     ``pairs``: module names in data-flow order: (layer, BatchNorm) for a BatchNorm after its layer,
     (BatchNorm, linear) for a BatchNorm feeding a linear layer; None detects them with one forward pass without
@@ -41,6 +115,15 @@ class MergeBatchNorm:
     """
 
     pairs: Sequence[tuple[str, str]] | None = None
+
+    def apply(self, model: nn.Module, inputs: Tensor | None = None) -> Canonized:
+        if self.pairs is None and inputs is None:
+            raise ValueError("MergeBatchNorm() detects its pairs with a forward pass: pass inputs to apply(), or "
+                             "name the pairs, MergeBatchNorm(pairs=[(layer, batchnorm), ...])")
+        pairs = detect_batchnorm_pairs(model, inputs) if self.pairs is None else self.pairs
+        record = Canonized()
+        _merge(model, pairs, record)
+        return record
 
 
 class _Recorder(TorchFunctionMode):
@@ -64,7 +147,7 @@ class _Recorder(TorchFunctionMode):
         for a in flat:
             self.uses[id(a)] = self.uses.get(id(a), 0) + 1
         self.keep.extend([out, *flat])
-        if func in _LAYER_FUNCS and len(args) > 1 and id(args[1]) in self.layers:
+        if func in LAYER_FUNCS and len(args) > 1 and id(args[1]) in self.layers:
             name = self.layers[id(args[1])]
             self.layer_out[id(out)] = name
             self.layer_in[id(args[0])] = (name, args[0].ndim)
@@ -121,14 +204,10 @@ def _scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def merge_plan(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> tuple[dict[int, tuple[Tensor, Tensor]], set[int]]:
-    """For the LRP mode: {id(layer weight): (merged weight, merged bias)} and the keys of the merged BatchNorms.
-
-    A pair (BatchNorm, linear) merges the BatchNorm into the linear layer's input side.
-    """
+def _merge(model: nn.Module, pairs: Sequence[tuple[str, str]], record: Canonized) -> None:
+    """Record the merged (W', b') of each pair's layer and bypass its BatchNorm. A pair (BatchNorm, linear) merges
+    the BatchNorm into the linear layer's input side."""
     modules = dict(model.named_modules())
-    params: dict[int, tuple[Tensor, Tensor]] = {}
-    skip: set[int] = set()
     for first, second in pairs:
         before = isinstance(modules.get(first), BATCHNORM)
         layer_name, bn_name = (second, first) if before else (first, second)
@@ -151,27 +230,39 @@ def merge_plan(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> tuple[dict
             b2 = (b if b is not None else 0) + w @ shift.to(w)
         else:
             raise ValueError(f"MergeBatchNorm: {bn_name!r} ({s.shape[0]} channels) does not fit {layer_name!r}")
-        params[id(w)] = (w2.to(w), b2.to(w))
-        skip.add(bn_key(bn))
-    return params, skip
+        record.substitute(w, w2.to(w), b2.to(w))
+        record.bypass(bn)
 
 
-def resolve_canonizers(
-    model: nn.Module, inputs: Tensor, canonizers: str | Sequence[object] | None
-) -> list[tuple[str, str]]:
-    """``"auto"`` (merge every BatchNorm that can be merged), None/[] (none), or a list of
-    ``MergeBatchNorm`` objects / the name ``"merge_batchnorm"``: the (layer, BatchNorm) pairs to merge."""
+def resolve_canonizers(canonizers: str | Sequence[object] | None) -> list[Canonizer]:
+    """``"auto"`` / ``"merge_batchnorm"`` (merge every BatchNorm that can be merged), None/[] (none), or a list of
+    :class:`Canonizer` objects (and those names)."""
     if canonizers is None:
         return []
-    if isinstance(canonizers, str):
+    if isinstance(canonizers, (str, Canonizer)):
         canonizers = [canonizers]
-    pairs: list[tuple[str, str]] = []
+    out: list[Canonizer] = []
     for c in canonizers:
-        if c in ("auto", "merge_batchnorm"):
+        if isinstance(c, str) and c in ("auto", "merge_batchnorm"):
             c = MergeBatchNorm()
-        if not isinstance(c, MergeBatchNorm):
+        if not isinstance(c, Canonizer):
             raise ValueError(
-                f"unknown canonizer {c!r}; use 'auto', 'merge_batchnorm', MergeBatchNorm(pairs) or None"
+                f"unknown canonizer {c!r}; use 'auto', 'merge_batchnorm', None or Canonizer objects such as "
+                "MergeBatchNorm(pairs)"
             )
-        pairs.extend(detect_batchnorm_pairs(model, inputs) if c.pairs is None else c.pairs)
-    return pairs
+        out.append(c)
+    return out
+
+
+@contextmanager
+def applied(model: nn.Module, inputs: Tensor | None, canonizers: Sequence[Canonizer]) -> Iterator[list[Canonized]]:
+    """Apply ``canonizers`` in order for the block; restore them in reverse order on exit, also after an error
+    (a canonizer that fails to apply has the ones before it restored)."""
+    with ExitStack() as stack:
+        records = []
+        for c in canonizers:
+            record = c.apply(model, inputs)
+            if not isinstance(record, Canonized):
+                raise TypeError(f"{type(c).__name__}.apply() returned {type(record).__name__}, not a Canonized record")
+            records.append(stack.enter_context(record))
+        yield records

@@ -1,378 +1,54 @@
 """The ``lrp`` method: layer-wise relevance propagation as a modified gradient, with a relevance ledger.
 
-Mechanism: one ``TorchFunctionMode`` intercepts the functional calls the layers make (``F.conv1d/2d/3d``,
-``F.linear``, ``F.batch_norm``, ``F.relu`` / ``F.relu6`` / ``F.hardtanh``), recognising each layer by the identity
-of its weight tensor. A layer with a rule computes its output without autograd and returns it through one
-autograd node whose backward is the rule (transposed layers applied to the output relevance, see
-:mod:`seewhy.methods.lrp.rules` and :mod:`seewhy.methods.lrp.backward`). A pass-through op applied to such an
-output (a rectifier, a BatchNorm with the pass rule) is folded into the node: no backward step of its own. No hook
-is registered on a module, no module is swapped, no parameter is written; the ledger uses tensor hooks on this
-call's graph only.
-
-Conventions (the backward signal is R / z; see :mod:`seewhy.methods.lrp.rules`):
-
-- residual additions, average pooling, ``mean``, padding, flatten, dropout (eval): plain gradient, which
-  is LRP-0 for these bias-free linear ops: ``a + b`` splits relevance in proportion a / (a + b), b / (a + b)
-  and conserves it exactly (unstable only where a + b ~ 0 with large opposite parts; the ledger shows it);
-- max pooling: winner takes all (plain gradient);
-- ``F.relu`` / ``nn.ReLU`` (in place too): pass-through of relevance (the plain gradient does the same);
-  ``F.relu6`` / ``nn.ReLU6`` / ``hardtanh(0, t)``: pass-through (saturated units keep their relevance, unlike
-  with the plain gradient); other activations keep their plain gradient;
-- BatchNorm: merged into the adjacent conv/linear by the ``MergeBatchNorm`` canonizer; an unmerged one is
-  an element-wise linear layer with the composite's BatchNorm rule (epsilon or pass in the presets);
-- in-place ops on a layer output (``out += shortcut``) are seen and handled; an in-place change through a
-  view of it (``out[:, :k] += ...``) is detected in the backward and reported.
+The pieces: rules (:mod:`.rules`, what happens at a layer), composites (:mod:`.composites`, which rule where),
+canonizers (:mod:`.canonizers`, reversible model rewrites) and the mode that applies them to one forward
+(:mod:`.mode`). Per-model defaults (composite, BatchNorm merging, input range) come from the zoo's
+:class:`~seewhy.zoo.ModelSpec`; this module knows no model by name.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from ...core import Call, Explanation, register
+from ...runner import Table
 from ...targets import Target
 from ..gradient import GradientMethod
-from .backward import Node, Transpose, conv_transpose, vjp_transpose
-from .canonizers import bn_key, merge_plan, resolve_canonizers
-from .composites import BATCHNORM, CONV, LINEAR, Composite, get_composite
-from .rules import Epsilon, Layer, Pass, Rule, Term, safe_divide, stabilized_reciprocal
+from .canonizers import Canonized, Canonizer, applied, resolve_canonizers
+from .composites import Composite, get_composite
+from .layer import safe_divide
+from .mode import _LRPMode, canonized
+from .rules import Epsilon, Pass
 
-_LAYER_FUNCS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
-_CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}  # after input, weight, bias
+__all__ = ["DEFAULT_COMPOSITE", "LRP", "canonized", "input_bounds", "ledger_table", "model_defaults"]
 
-
-def _sample_sums(t: Tensor) -> Tensor:
-    """Per-sample sums, in any memory layout (no copy)."""
-    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t
-
-
-def _sample_dots(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample sums of ``a * b`` as dot products (no product tensor), in ``a``'s memory layout. Large samples
-    take one BLAS dot each (4.5x faster than one batched matrix product on a 2-core CPU, 2x faster than a
-    product and a sum, in our measurements)."""
-    if a.ndim > 2:
-        order = sorted(range(1, a.ndim), key=lambda d: -a.stride(d))  # dims from outer to inner in memory
-        a, b = a.permute(0, *order), b.permute(0, *order)
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    if a.shape[1] < 1 << 14:
-        return torch.linalg.vecdot(a, b)
-    return torch.stack([torch.dot(ai, bi) for ai, bi in zip(a, b, strict=True)])
-
-
-class _Saved:
-    """The value a node's output relevance is computed from (R = grad * num), its version at creation, and the
-    ledger entries that equal this output's relevance (BatchNorms with the pass rule folded into the node)."""
-
-    __slots__ = ("num", "version", "ledger")
-
-    def __init__(self, num: Tensor, ledger: list[list[Tensor]]) -> None:
-        self.num, self.version, self.ledger = num, num._version, ledger
-
-
-class _Relevance(torch.autograd.Function):
-    """Forward: ``num`` as is (the layer output, or a pass-through op applied to it); backward: the node's rule
-    applied to the output relevance ``R = grad * num``, as the gradient of the layer input ``x``."""
-
-    @staticmethod
-    def forward(ctx, num: Tensor, x: Tensor, node: Node, saved: _Saved) -> Tensor:  # type: ignore[override]
-        ctx.node, ctx.saved, ctx.x = node, saved, x  # x: for nodes folded onto this one
-        return num.detach()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        saved: _Saved = ctx.saved
-        if saved.num._version != saved.version:
-            raise RuntimeError(
-                "lrp: the model modified a layer output in place through a view (e.g. out[:, :k] += ...); "
-                "write that operation out of place to explain this model with LRP"
-            )
-        r = saved.num * grad  # a fresh tensor (the node may overwrite it) in the layout of the forward
-        if saved.ledger:  # the relevance of this output, entering the folded BatchNorms and the layers it feeds
-            sums = _sample_sums(r)
-            for holder in saved.ledger:
-                holder.append(sums)
-        node, ctx.node, ctx.x, ctx.saved = ctx.node, None, None, None  # free coefficients and inputs as we go
-        return None, node.backward(r), None, None
-
-
-def _rectifier(func: Any, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
-    """(lo, hi, inplace) of a rectifier call with lower bound 0 (hi None: no upper bound), else None."""
-    def arg(i: int, key: str, default: Any) -> Any:
-        return kwargs.get(key, args[i] if len(args) > i else default)
-
-    if func is F.relu:
-        return 0.0, None, bool(arg(1, "inplace", False))
-    if func in (torch.relu, torch.Tensor.relu):
-        return 0.0, None, False
-    if func in (torch.relu_, torch.Tensor.relu_):
-        return 0.0, None, True
-    if func is F.relu6:
-        return 0.0, 6.0, bool(arg(1, "inplace", False))
-    if func in (F.hardtanh, F.hardtanh_):
-        lo, hi = arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)
-        inplace = func is F.hardtanh_ or bool(arg(3, "inplace", False))
-        return (0.0, float(hi), inplace) if lo == 0 else None
-    return None
-
-
-_RECTIFIERS = frozenset((F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.relu6,
-                         F.hardtanh, F.hardtanh_))
-
-
-def _is_inplace(func: Any) -> bool:
-    name = getattr(func, "__name__", "")
-    return (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "__iadd__", "__isub__",
-                                                                         "__imul__", "__itruediv__")
-
-
-class _LRPMode(TorchFunctionMode):
-    """Applies a composite's rules (and merged BatchNorms) to the layer calls made inside the block.
-
-    The layer outputs are computed without autograd; each rule-modified call returns a :class:`_Relevance`
-    node. A pass-through op (rectifier, BatchNorm with the pass rule) applied to such an output is folded into
-    the node: the new node computes the output relevance from the op's output (R = grad * a), which is what
-    passing relevance through the op means, without a backward step of its own.
-    """
-
-    def __init__(self, model: nn.Module, composite: Composite | None, pairs: Sequence[tuple[str, str]],
-                 ledger: bool = False) -> None:
-        super().__init__()
-        self.layers: dict[int, tuple[str, nn.Module]] = {}
-        for name, m in model.named_modules():
-            if isinstance(m, CONV + LINEAR):
-                self.layers[id(m.weight)] = (name, m)
-            elif isinstance(m, BATCHNORM) and (m.running_mean is not None or m.weight is not None):
-                self.layers[bn_key(m)] = (name, m)
-        self.merged, self.skip = merge_plan(model, pairs)
-        self.composite = composite
-        self.ledger = ledger
-        self.entries: list[tuple[str, list[Tensor]]] = []
-        self.calls: dict[str, int] = {}
-        # weak references: a dead intermediate (a layer output folded into a BatchNorm / rectifier) is freed
-        self.outputs: dict[int, weakref.ref] = {}
-        self.nonneg: dict[int, weakref.ref] = {}
-        self.padded: dict[int, tuple[weakref.ref, Any]] = {}  # zero-padded node outputs -> the node (ledger)
-        self.first_seen = False
-        self.input_rule = False
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _LAYER_FUNCS and len(args) > 1 and id(args[1]) in self.layers:
-            return self._layer(func, args, kwargs)
-        if func is F.batch_norm and len(args) > 1:
-            return self._batch_norm(func, args, kwargs)
-        if self.composite is None or not args or not isinstance(args[0], Tensor):
-            return func(*args, **kwargs)
-        if func in _RECTIFIERS:
-            bounds = _rectifier(func, args, kwargs)
-            if bounds is not None:
-                return self._rectify(func, args, kwargs, *bounds)
-        if self.outputs and id(args[0]) in self.outputs and _is_inplace(func):
-            self._unshare(args[0])
-        out = func(*args, **kwargs)
-        if func is F.pad and isinstance(out, Tensor):
-            value = kwargs.get("value", args[3] if len(args) > 3 else None)
-            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-            if self._is_nonneg(args[0]) and (mode != "constant" or value is None or value >= 0):
-                self._mark_nonneg(out)
-            if self.ledger and mode == "constant" and not value:  # zero padding adds no relevance: the padded
-                ctx = self._node_of(args[0])  # tensor's relevance sum is its node's
-                if ctx is not None:
-                    self.padded[id(out)] = (weakref.ref(out), ctx)
-        return out
-
-    # --- the nodes ----------------------------------------------------------------------------------------
-
-    def _emit(self, node: Node, num: Tensor, x: Tensor, ledger: list[list[Tensor]] | None = None) -> Tensor:
-        saved = _Saved(num, ledger or [])
-        out = _Relevance.apply(num, x, node, saved)
-        self.outputs[id(out)] = weakref.ref(out)
-        return out
-
-    def _node_of(self, t: Tensor) -> Any:
-        """The autograd node (``_Relevance`` context: node, saved, x) whose output ``t`` is, or None."""
-        ref = self.outputs.get(id(t))
-        if ref is None or ref() is not t or getattr(t.grad_fn, "saved", None) is None:
-            return None
-        return t.grad_fn
-
-    def _unshare(self, t: Tensor) -> None:
-        """``t`` (a node output) is about to change in place: keep the value its node needs; ``t`` is no longer
-        that node's output."""
-        ctx = self._node_of(t)
-        self.outputs.pop(id(t), None)
-        if ctx is not None and ctx.saved.num.data_ptr() == t.data_ptr():
-            ctx.saved.num = ctx.saved.num.clone()
-            ctx.saved.version = ctx.saved.num._version
-
-    def _mark_nonneg(self, t: Tensor) -> None:
-        self.nonneg[id(t)] = weakref.ref(t)
-
-    def _is_nonneg(self, t: Tensor) -> bool:
-        ref = self.nonneg.get(id(t))
-        return ref is not None and ref() is t
-
-    def _rectify(self, func: Any, args: tuple, kwargs: dict, lo: float, hi: float | None, inplace: bool) -> Tensor:
-        x = args[0]
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return func(*args, **kwargs)
-        entry = self._node_of(x)
-        if entry is None:  # not a node output: the plain gradient of a ReLU passes relevance; relu6 needs a node
-            if inplace and id(x) in self.outputs:
-                self._unshare(x)
-            if hi is None:
-                out = func(*args, **kwargs)
-            else:  # the pass rule as a node of its own: R_x = R_a (the gradient becomes grad * a / x)
-                with torch.no_grad():
-                    a, coef = x.clamp(lo, hi), stabilized_reciprocal(x.detach())
-                out = self._emit(Node([Term(None, coef)], None), a, x)
-                if inplace:
-                    out = x.copy_(out)
-        elif inplace:  # the node now computes R from the rectified value: no new node
-            with torch.no_grad():
-                x.clamp_(min=lo) if hi is None else x.clamp_(lo, hi)
-            entry.saved.version = entry.saved.num._version
-            out = x
-        else:
-            with torch.no_grad():
-                a = x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
-            out = self._emit(entry.node, a, entry.x, entry.saved.ledger)
-        self._mark_nonneg(out)
-        return out
-
-    # --- layers -------------------------------------------------------------------------------------------
-
-    def _layer(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
-        x, w = args[0], args[1]
-        name, module = self.layers[id(w)]
-        kw = dict(kwargs)
-        b = args[2] if len(args) > 2 else kw.pop("bias", None)
-        rest = args[3:]
-        if id(w) in self.merged:
-            w, b = self.merged[id(w)]
-
-        def fn(i: Tensor, ww: Tensor, bb: Tensor | None) -> Tensor:
-            return func(i, ww, bb, *rest, **kw)
-
-        def transpose(z: Tensor) -> Transpose:
-            if func is F.linear:
-                return lambda a, ww: a @ ww
-            conv = {**_CONV_DEFAULTS, **dict(zip(_CONV_DEFAULTS, rest, strict=False)), **kw}
-            t = conv_transpose(func, x, z, w, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-            return t if t is not None else vjp_transpose(fn, x.detach(), w.shape[1])
-
-        first = not self.first_seen
-        self.first_seen = True
-        return self._apply(name, module, x, w, b, fn, transpose, first, False)
-
-    def _batch_norm(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        defaults = (None, None, None, None, None, False, 0.1, 1e-5)
-        a = dict(zip(names, defaults, strict=True))
-        a.update(zip(names, args, strict=False))
-        a.update(kwargs)
-        key = id(a["running_mean"]) if a["running_mean"] is not None else id(a["weight"])
-        if key in self.skip:
-            return a["input"]
-        if key not in self.layers or a["training"] or a["running_mean"] is None:
-            return func(*args, **kwargs)
-        name, module = self.layers[key]
-        x = a["input"]
-        scale = torch.rsqrt(a["running_var"] + a["eps"])
-        if a["weight"] is not None:
-            scale = scale * a["weight"]
-        shift = -a["running_mean"] * scale + (a["bias"] if a["bias"] is not None else 0)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-
-        def fn(i: Tensor, ww: Tensor, bb: Tensor | None) -> Tensor:
-            return i * ww.view(shape) + (bb.view(shape) if bb is not None else 0)
-
-        def transpose(z: Tensor) -> Transpose:
-            return lambda r, ww: r * ww.view(shape)
-
-        entry = self._node_of(x)
-        if (entry is not None and self.composite is not None and torch.is_grad_enabled()
-                and isinstance(self.composite.rule_for(name, module, False), Pass)):
-            # pass rule on a node output: fold into the node (its output relevance is this BatchNorm's)
-            self.count += 1
-            with torch.no_grad():
-                y = func(*args, **kwargs)
-            ledger = [*entry.saved.ledger, self._entry(name)] if self.ledger else entry.saved.ledger
-            return self._emit(entry.node, y, entry.x, ledger)
-        return self._apply(name, module, x, scale.detach(), shift.detach(), fn, transpose, False, True,
-                           lambda: func(*args, **kwargs))
-
-    def _apply(self, name: str, module: nn.Module, x: Tensor, w: Tensor, b: Tensor | None, fn: Any,
-               transpose: Callable[[Tensor], Transpose], first: bool, elementwise: bool,
-               compute: Callable[[], Tensor] | None = None) -> Tensor:
-        compute = compute or (lambda: fn(x, w, b))
-        if self.composite is None or not (torch.is_grad_enabled() and x.requires_grad):
-            return compute()
-        self.count += 1
-        rule: Rule | None = self.composite.rule_for(name, module, first)
-        if rule is not None and rule.input_rule:
-            if not first:
-                raise ValueError(
-                    f"{type(rule).__name__} is an input rule (its relevance is not x * gradient): assign it to the "
-                    f"first layer only (Composite(first=...)), not to {name!r}"
-                )
-            self.input_rule = True
-        self._record(name, x, rule is not None and rule.input_rule)
-        if rule is None:
-            return compute()
-        with torch.no_grad():
-            nonneg = True if self._is_nonneg(x) else None
-            layer = Layer(x.detach(), w.detach(), None if b is None else b.detach(), fn, compute, elementwise, nonneg)
-            terms = rule.terms(layer)
-            z = layer.z
-        return self._emit(Node(terms, transpose(z)), z, x)
-
-    # --- the ledger ---------------------------------------------------------------------------------------
-
-    def _entry(self, name: str) -> list[Tensor]:
-        k = self.calls[name] = self.calls.get(name, 0) + 1
-        holder: list[Tensor] = []
-        self.entries.append((name if k == 1 else f"{name}#{k}", holder))
-        return holder
-
-    def _record(self, name: str, x: Tensor, is_input_rule: bool) -> None:
-        if not self.ledger:
-            return
-        holder = self._entry(name)
-        entry = self._node_of(x)
-        if entry is None and id(x) in self.padded and self.padded[id(x)][0]() is x:
-            entry = self.padded[id(x)][1]
-        if entry is not None and not is_input_rule:  # x is a node's output (or zero-padded): that node's R
-            entry.saved.ledger = [*entry.saved.ledger, holder]  # (a new list: folded nodes may share the old one)
-            return
-        xd = x.detach()
-
-        def hook(g: Tensor) -> None:
-            holder.append((_sample_sums(g) if is_input_rule else _sample_dots(xd, g)).detach())
-
-        x.register_hook(hook)
-
+DEFAULT_COMPOSITE = "epsilon_plus_flat"
 
 # models whose forward needs the standard memory layout (found on a first try in channels_last)
 _STANDARD_LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-_ZOO_NAMES = {
-    "EfficientNetLite0": "efficientnet_lite0",
-    "TinyCNN": "tiny_cnn",
-    "TinyFunctionalCNN": "tiny_functional_cnn",
-    "TinyResNet": "tiny_resnet",
-    "TinyVGG": "tiny_vgg",
-}
+
+def _zoo_spec(model: nn.Module) -> Any:
+    from ...zoo import spec_of  # (the zoo loads images and weights helpers: imported when first needed)
+
+    return spec_of(model)
+
+
+def model_defaults(model: nn.Module) -> tuple[str, bool]:
+    """(composite, merge BatchNorms) that ``composite="auto"`` / ``canonizers="auto"`` use for ``model``: its zoo
+    spec's ``lrp_composite`` / ``lrp_merge_batchnorm`` (a zoo architecture, by class), else (``DEFAULT_COMPOSITE``,
+    True)."""
+    spec = _zoo_spec(model)
+    if spec is None:
+        return DEFAULT_COMPOSITE, True
+    return spec.lrp_composite or DEFAULT_COMPOSITE, spec.lrp_merge_batchnorm
 
 
 def input_bounds(model: nn.Module, x: Tensor, low: float | Tensor | None = None,
@@ -384,11 +60,8 @@ def input_bounds(model: nn.Module, x: Tensor, low: float | Tensor | None = None,
     """
     if low is not None and high is not None:
         return low, high
-    spec_name = _ZOO_NAMES.get(type(model).__name__)
-    if spec_name is not None:
-        from ...zoo import get_spec
-
-        spec = get_spec(spec_name)
+    spec = _zoo_spec(model)
+    if spec is not None:
         mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         lo, hi = (0 - mean) / std, (1 - mean) / std
@@ -398,27 +71,6 @@ def input_bounds(model: nn.Module, x: Tensor, low: float | Tensor | None = None,
     return (lo if low is None else low), (hi if high is None else high)
 
 
-# per zoo model: (composite, BatchNorms merged?) for composite="auto" / canonizers="auto". EfficientNet-Lite0 keeps
-# its BatchNorms unmerged with the pass rule: merged, the large shifts of the depthwise BatchNorms become biases
-# that absorb most of the relevance (with z+, 0.37 of a class score of 9.2 reaches the input on the chelsea
-# photo; with gamma 0.12); unmerged with pass and gamma, 3.5 does.
-MODEL_DEFAULTS: dict[str, tuple[str, bool]] = {"efficientnet_lite0": ("epsilon_gamma_box", False)}
-DEFAULT_COMPOSITE = "epsilon_plus_flat"
-
-
-def model_defaults(model: nn.Module) -> tuple[str, bool]:
-    """(composite, merge BatchNorms) that ``composite="auto"`` / ``canonizers="auto"`` use for ``model``."""
-    return MODEL_DEFAULTS.get(_ZOO_NAMES.get(type(model).__name__, ""), (DEFAULT_COMPOSITE, True))
-
-
-@contextmanager
-def canonized(model: nn.Module, inputs: Tensor, canonizers: str | Sequence[object] | None = "auto") -> Iterator[None]:
-    """Run ``model`` with its BatchNorms merged (functionally) inside the block; nothing to undo afterwards."""
-    pairs = resolve_canonizers(model, inputs, canonizers)
-    with _LRPMode(model, None, pairs):
-        yield
-
-
 @register("lrp")
 @dataclass
 class LRP(GradientMethod):
@@ -426,12 +78,13 @@ class LRP(GradientMethod):
     R_j layer by layer from R = score at the target logit, with rules chosen per layer by a composite.
 
     Args:
-        composite: ``"auto"`` (per zoo model, see ``MODEL_DEFAULTS``; else ``epsilon_plus_flat``), a preset
+        composite: ``"auto"`` (a zoo model's ``ModelSpec.lrp_composite``, else ``epsilon_plus_flat``), a preset
             (``epsilon_plus``, ``epsilon_plus_flat``, ``epsilon_gamma_box``, ``epsilon_alpha2_beta1``,
             ``epsilon_alpha2_beta1_flat``, ``epsilon``) or a :class:`Composite`.
-        canonizers: ``"auto"`` (merge every mergeable BatchNorm, except for models listed in ``MODEL_DEFAULTS``
-            whose BatchNorms get the pass rule), None, or a list of ``MergeBatchNorm``. Unmerged BatchNorms
-            get ``batchnorm`` in the presets.
+        canonizers: ``"auto"`` (merge every mergeable BatchNorm, except for zoo models whose spec says
+            ``lrp_merge_batchnorm=False``: their BatchNorms get the pass rule), None, or a list of
+            :class:`Canonizer` objects (``MergeBatchNorm(pairs)``, your own). Unmerged BatchNorms get
+            ``batchnorm`` in the presets.
         epsilon, gamma: the presets' rule parameters.
         low, high: the input box of the z^B rule (see :func:`input_bounds`).
         batchnorm: the presets' rule for unmerged BatchNorms: ``"epsilon"`` or ``"pass"`` (None: pass when
@@ -454,16 +107,14 @@ class LRP(GradientMethod):
     heatmap_convention: ClassVar[dict[str, Any]] = {"reduce": "sum", "sign": "all", "normalize": "percentile"}
     family: ClassVar[str] = "lrp"
 
-    def propagate(self, model: nn.Module, x: Tensor, target: Target, call: Call | None = None,
-                  ledger: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        """(relevance at the input, ledger) for a batch of rows; resolves ``call``'s target from this forward."""
-        x = x.detach()
+    def plan(self, model: nn.Module, x: Tensor) -> tuple[Composite, list[Canonizer]]:
+        """The composite and the canonizers this call uses on ``model`` (``"auto"`` resolved per model)."""
         auto_composite, merge = model_defaults(model)
         name = auto_composite if self.composite == "auto" else self.composite
-        canonizers = self.canonizers if self.canonizers != "auto" or merge else None
+        auto = isinstance(self.canonizers, str) and self.canonizers == "auto"
         # the pass rule sends a BatchNorm's relevance on whole, however small the layer output before it: the
         # positive-part rules (z+, gamma, alpha-beta) share it out stably, epsilon divides by that output
-        keep = self.canonizers == "auto" and not merge
+        keep = auto and not merge
         bn = self.batchnorm or ("pass" if keep and name != "epsilon" else "epsilon")
         if bn not in ("epsilon", "pass"):
             raise ValueError(f"batchnorm must be 'epsilon' or 'pass', got {bn!r}")
@@ -471,30 +122,17 @@ class LRP(GradientMethod):
                                   "batchnorm": Pass() if bn == "pass" else Epsilon(self.epsilon)}
         if name == "epsilon_gamma_box":
             params["low"], params["high"] = input_bounds(model, x, self.low, self.high)
-        composite = get_composite(name, **params)
-        pairs = resolve_canonizers(model, x, canonizers)
-        # channels_last: oneDNN convolutions skip their layout reorders (LRP on efficientnet_lite0 ran 1.2-1.45x
-        # faster); a model that .view()s a feature map needs the standard layout: it gets a second try with that,
-        # and is remembered
-        standard = x.ndim != 4 or _STANDARD_LAYOUT.get(model, False)
-        formats = [torch.contiguous_format] if standard else [torch.channels_last, torch.contiguous_format]
-        for k, fmt in enumerate(formats):
-            try:
-                return self._run(model, x, composite, pairs, target, call, ledger, fmt)
-            except RuntimeError as err:
-                if k + 1 == len(formats) or "view size is not compatible" not in str(err):
-                    raise
-                _STANDARD_LAYOUT[model] = True
-        raise AssertionError("unreachable")
+        return get_composite(name, **params), resolve_canonizers(None if keep else self.canonizers)
 
-    def _run(self, model: nn.Module, x: Tensor, composite: Composite, pairs: Sequence[tuple[str, str]],
-             target: Target, call: Call | None, ledger: bool,
-             fmt: torch.memory_format) -> tuple[Tensor, dict[str, Tensor]]:
-        leaf = x.clone(memory_format=fmt).requires_grad_(True)
-        mode = _LRPMode(model, composite, pairs, ledger=ledger)
-        with torch.enable_grad():
-            with mode:
-                out = model(leaf)
+    def propagate(self, model: nn.Module, x: Tensor, target: Target, call: Call | None = None,
+                  ledger: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """(relevance at the input, ledger) for a batch of rows; resolves ``call``'s target from this forward.
+
+        The canonizers stay applied through the backward (the rules read the canonized weights)."""
+        x = x.detach()
+        composite, canonizers = self.plan(model, x)
+        with applied(model, x, canonizers) as records, torch.enable_grad():
+            leaf, mode, out = _forward(model, x, composite, records, ledger)
             if call is not None:
                 target = call.resolve(out)
             score = target.score(out)
@@ -504,7 +142,7 @@ class LRP(GradientMethod):
             (grad,) = torch.autograd.grad(score.sum(), leaf, allow_unused=True)
         if mode.count == 0:
             warnings.warn("lrp: no conv/linear/BatchNorm call could be intercepted (TorchScript model?); the "
-                          "result is input x gradient", stacklevel=4)
+                          "result is input x gradient", stacklevel=3)
         grad = torch.zeros_like(x) if grad is None else grad
         attr = grad.contiguous() if mode.input_rule else x * grad
         book: dict[str, Tensor] = {}
@@ -515,9 +153,6 @@ class LRP(GradientMethod):
             book["input"] = attr.flatten(1).sum(1)
         return attr, book
 
-    def rows(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return self.propagate(model, x, target)[0]
-
     def attribute(self, model: nn.Module, inputs: Tensor, call: Call) -> Tensor:
         attr, book = self.propagate(model, inputs, call.target, call, ledger=self.ledger)
         if book:
@@ -526,6 +161,60 @@ class LRP(GradientMethod):
             call.extras["relevance_input"] = book["input"]
             call.extras["relevance_ratio"] = book["input"] / book["output"]
         return attr
+
+    def report_tables(self, batches: Sequence[tuple[Explanation, ...]], keys: Sequence[str]) -> list[Table]:
+        """The relevance ledger as a table per class rank: the relevance sum entering each layer, output to input,
+        per image, and its ratio to the output relevance (1 where relevance is conserved). None if a batch has no
+        ledger (``ledger=False``) or the batches saw different layers."""
+        tables: list[Table] = []
+        k = len(batches[0]) if batches else 0
+        for r in range(k):
+            per_batch = [ledger_table(ranks[r]) for ranks in batches if ranks[r].extras.get("relevance_ledger")]
+            if len(per_batch) != len(batches):
+                return tables
+            layers = [row["layer"] for row in per_batch[0]]
+            if any([row["layer"] for row in rows] != layers for rows in per_batch):
+                return tables
+            columns = ["layer"]
+            for key in keys:
+                columns += [f"{key}: relevance", f"{key}: / output"]
+            body = []
+            for i, layer in enumerate(layers):
+                cells: list[Any] = [layer]
+                for rows in per_batch:
+                    for rel, ratio in zip(rows[i]["relevance"], rows[i]["ratio"], strict=True):
+                        cells += [rel, ratio]
+                body.append(cells)
+            note = ("sum of relevance entering each layer, from the output (the explained score) to the input; "
+                    "a ratio of 1 means relevance is conserved down to that layer")
+            title = f"Relevance ledger: {batches[0][0].method}" + (f", class rank {r + 1}" if k > 1 else "")
+            tables.append(Table(title, columns, body, note))
+        return tables
+
+
+def _forward(model: nn.Module, x: Tensor, composite: Composite, records: Sequence[Canonized],
+             ledger: bool) -> tuple[Tensor, _LRPMode, Any]:
+    """(input leaf, mode, output) of the LRP forward. 4-d inputs run in channels_last (oneDNN convolutions skip
+    their layout reorders: LRP on efficientnet_lite0 ran 1.2-1.45x faster). A forward that raises a RuntimeError
+    there (e.g. a model that ``.view()``s a feature map) is run once more in the standard layout: the layout is
+    decided by that outcome, never by an error's text. The retry's error, if any, is raised (what the model raises
+    on ordinary inputs); a model whose retry succeeds is remembered and runs in the standard layout from then on."""
+    standard = x.ndim != 4 or _STANDARD_LAYOUT.get(model, False)
+    formats = [torch.contiguous_format] if standard else [torch.channels_last, torch.contiguous_format]
+    for fmt in formats:
+        leaf = x.clone(memory_format=fmt).requires_grad_(True)
+        mode = _LRPMode(model, composite, records, ledger=ledger)
+        try:
+            with mode:
+                out = model(leaf)
+        except RuntimeError:
+            if fmt == torch.contiguous_format:
+                raise
+            continue
+        if fmt == torch.contiguous_format and not standard:
+            _STANDARD_LAYOUT[model] = True
+        return leaf, mode, out
+    raise AssertionError("unreachable")
 
 
 def ledger_table(exp: Explanation | dict[str, Tensor]) -> list[dict[str, Any]]:

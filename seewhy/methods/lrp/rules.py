@@ -1,260 +1,103 @@
 """LRP rules: what happens to the relevance at one linear layer (convolution, linear, unmerged BatchNorm).
 
+Every rule is written twice, next to each other: ``reference(layer, R)`` is the rule as its paper writes it,
+R_i = sum_j z'_ij / sum_i' z'_i'j R_j computed with plain autograd (the modified gradient x * dz'/dx^T (R / z'),
+float64-tested against explicit matrices), and ``terms(layer)`` is the fast form the ``lrp`` method runs.
+
 Convention ("LRP as a modified gradient", Montavon et al. 2019, sec. 10.2.3): the signal that flows backward
 through the network is ``g = R / z`` at every activation ``z``, so the relevance of a tensor ``a`` is ``a * g``.
 Under this convention the *plain* gradient of any bias-free linear op (pooling, mean, padding, flatten,
 residual addition) is exactly LRP-0, and the plain gradient of a ReLU passes relevance through unchanged.
 
-A rule describes a layer's modified backward as a list of :class:`Term` ``(weight, coef, mult)``: given the
-relevance ``R`` of the layer output, the gradient at the layer input is ``sum_k mult_k * W_k^T (R * coef_k)``,
-where ``W^T`` is the transpose of the layer's linear map with weight ``W`` (a transposed convolution, ``R @ W``,
-or a per-channel product). With ``coef = c / z'`` this is ``R_in = x * W'^T (c R_out / z')``, the generic LRP
-rule. Rules compute their denominators once in the forward (without autograd); the backward is one transposed
-layer per term, so no graph of the modified forward is kept.
+The fast form is a list of :class:`Term` ``(weight, coef, mult)``: given the relevance ``R`` of the layer output,
+the gradient at the layer input is ``sum_k mult_k * W_k^T (R * coef_k)``, where ``W^T`` is the transpose of the
+layer's linear map (a transposed convolution, ``R @ W``, or a per-channel product). With ``coef = c / z'`` this is
+``R_in = x * W'^T (c R_out / z')``. Rules compute their denominators once in the forward (without autograd); the
+backward is one transposed layer per term, so no graph of the modified forward is kept.
 
 *Input rules* (``Flat``, ``WSquare``, ``ZBox``) are only valid at the first layer: their relevance is not of
 the form ``x * (...)``, so the gradient they give at the input *is* the relevance.
+
+A new rule is a small class: subclass :class:`ModifierRule` and name its modifiers (``weight``, ``bias``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-LayerFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+from .layer import Layer, LayerFn, Term, finite_stabilizer, safe_divide, stabilized_reciprocal
+from .signed import positive_terms, shifted, signed_parts, through, wide_terms
+
+__all__ = [
+    "LRP0", "RULES", "AlphaBeta", "Epsilon", "Flat", "Gamma", "Layer", "LayerFn", "ModifierRule", "Pass", "Rule",
+    "Term", "WSquare", "ZBox", "ZPlus", "modified_gradient", "safe_divide", "stabilized_reciprocal",
+]
 
 
-@dataclass
-class Term:
-    """One part of a modified backward: the input gradient gets ``mult * W^T (R * coef)`` (``weight=None``:
-    the identity map; ``mult=None``: 1). ``coef`` and ``mult`` may be functions that compute them in the
-    backward (then they are not kept in memory between the forward and the backward)."""
-
-    weight: Tensor | None
-    coef: Tensor | Callable[[], Tensor]
-    mult: Tensor | Callable[[], Tensor] | None = None
-    # W^T gives the input channels ``stacked_parts`` times along this dimension (e.g. [for x+; for x-]): the parts
-    # are multiplied by ``mult`` (stacked alike) and summed
-    stacked_dim: int | None = None
-    stacked_parts: int = 2
-    # ``coef`` holds two coefficients along this dimension, [c1; c2] (one wide layer output): R * [c1; c2]
-    pair_dim: int | None = None
+def modified_gradient(z: Callable[..., Tensor], relevance: Tensor, *inputs: Tensor, epsilon: float = 0.0) -> Tensor:
+    """The textbook LRP step for a layer ``z'(inputs)`` linear in its inputs: R_i = sum_j z'_ij / (z'_j + eps
+    sign(z'_j)) R_j, computed as sum over inputs a of a * dz'/da^T (R / z') with autograd (0 where z'_j = 0)."""
+    with torch.enable_grad():
+        leaves = [a.detach().clone().requires_grad_(True) for a in inputs]
+        out = z(*leaves)
+        grads = torch.autograd.grad(out, leaves, safe_divide(relevance, out.detach(), epsilon))
+    total = inputs[0] * grads[0]
+    for a, g in zip(inputs[1:], grads[1:], strict=True):
+        total = total + a * g
+    return total
 
 
-@dataclass
-class Layer:
-    """One call of a linear layer as the rules see it: ``z = fn(x, weight, bias)``, all detached.
-
-    ``fn`` re-runs the same operation (same stride, padding, groups) with other inputs or weights;
-    ``compute`` gives the output ``z`` when a rule first asks for it (a rule that evaluates the layer in parts
-    anyway may set ``layer.z`` from them instead: it becomes the output the network sees);
-    ``nonneg`` says whether ``x >= 0`` is known (True after a rectifier; None: look).
-    """
-
-    x: Tensor
-    weight: Tensor
-    bias: Tensor | None
-    fn: LayerFn
-    compute: Callable[[], Tensor]
-    elementwise: bool = False  # BatchNorm seen as y = weight * x + bias per channel
-    nonneg: bool | None = None
-
-    @cached_property
-    def z(self) -> Tensor:
-        with torch.no_grad():
-            return self.compute()
-
-    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """The layer's operation with other inputs / weights (no autograd graph)."""
-        with torch.no_grad():
-            return self.fn(x, weight, bias)
-
-    def __post_init__(self) -> None:
-        self._x_version = self.x._version
-
-    def _unchanged_x(self) -> Tensor:
-        if self.x._version != self._x_version:
-            raise RuntimeError(
-                "lrp: the model changed a layer's input in place after the layer used it; write that operation "
-                "out of place to explain this model with LRP"
-            )
-        return self.x
-
-    # a term's ``mult`` computed in the backward (x is kept for it anyway)
-    def sign_x(self) -> Tensor:
-        return torch.sign(self._unchanged_x())
-
-    def x_positive(self) -> Tensor:
-        return self._unchanged_x() > 0
-
-    def x_negative(self) -> Tensor:
-        return self._unchanged_x() < 0
-
-    def x_signs(self) -> Tensor:
-        """[x > 0, x < 0] stacked on the channel dimension (the masks of a stacked term)."""
-        x = self._unchanged_x()
-        return torch.cat([x > 0, x < 0], self.channel_dim)
-
-    @property
-    def channel_dim(self) -> int:
-        """The input's channel dimension: last for a linear layer, 1 for a convolution."""
-        return -1 if self.weight.ndim == 2 else 1
-
-    def stacked_x(self) -> Tensor:
-        """[x+, x-] on the channel dimension: one call through [W+, W-] gives W+ x+ + W- x-."""
-        d, n = self.channel_dim, self.x.shape[self.channel_dim]
-        out = torch.cat([self.x, self.x], d)
-        out.narrow(d, 0, n).clamp_(min=0)
-        out.narrow(d, n, n).clamp_(max=0)
-        return out
-
-    def dense(self) -> bool:
-        """A linear layer or a convolution with groups=1 (every input channel reaches every output)."""
-        return not self.elementwise and self.weight.shape[1] == self.x.shape[self.channel_dim]
-
-    def x_nonneg(self) -> bool:
-        if self.nonneg is None:
-            self.nonneg = bool(self.x.min() >= 0)
-        return self.nonneg
-
-    def bias_view(self, b: Tensor) -> Tensor:
-        """A per-output bias shaped to broadcast against ``z``."""
-        if self.channel_dim == -1 or self.x.ndim <= 2:  # features last: broadcasts as it is
-            return b
-        return b.view(1, -1, *([1] * (self.x.ndim - 2)))
-
-
-def safe_divide(num: Tensor, den: Tensor, epsilon: float = 0.0) -> Tensor:
-    """``num / (den + epsilon * sign(den))`` with sign(0) = +1; 0 where the denominator is 0 (epsilon = 0)."""
-    if epsilon:
-        return num / (den + torch.copysign(den.new_tensor(epsilon), den))
-    return (num / den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def stabilized_reciprocal(den: Tensor, epsilon: float = 0.0, inplace: bool = False) -> Tensor:
-    """``1 / (den + epsilon * sign(den))`` with sign(0) = +1; with ``epsilon == 0``, 0 where ``den == 0`` (that
-    relevance is dropped). ``inplace`` (epsilon 0 only) overwrites ``den``, a temporary, instead of allocating."""
-    if epsilon:
-        return den.abs().add_(epsilon).reciprocal_().copysign_(den)
-    out = den.reciprocal_() if inplace else torch.reciprocal(den)
-    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _bias_part(layer: Layer, positive: bool) -> Tensor | None:
-    if layer.bias is None:
-        return None
-    return layer.bias.clamp(min=0) if positive else layer.bias.clamp(max=0)
-
-
-def finite_stabilizer(epsilon: float, dtype: torch.dtype) -> bool:
-    """Whether ``epsilon`` keeps ``1 / (z+ + epsilon)`` (z+ >= 0) and its products with relevances finite in
-    ``dtype`` (then no guard against 1 / 0 is needed)."""
-    return epsilon >= torch.finfo(dtype).max ** -0.5
-
-
-def _shifted(b: Tensor | None, shift: float, like: Tensor) -> Tensor | None:
-    """``b + shift`` (a bias of ``shift`` where there is none; ``b`` itself for shift 0), per output of ``like``."""
-    if not shift:
-        return b
-    return like.new_full(like.shape[:1], shift) if b is None else b + shift
-
-
-@dataclass
-class SignedParts:
-    """Exact z+ + eps and z- - eps (see :func:`signed_parts`); for a dense layer also the wide call that gave
-    them: its output ``wide`` = [z+; z-] on the channel dimension (z+, z- are views of it) and its weight."""
-
-    zp: Tensor
-    zn: Tensor
-    wide: Tensor | None = None
-    wide_weight: Tensor | None = None
-
-
-def signed_parts(layer: Layer, bias: bool, epsilon: float = 0.0) -> SignedParts:
-    """The sums of the positive / negative contributions ``x_i w_ij`` (+ b+ / b- with ``bias``), stabilized
-    through the bias of the call that computes them (no pass over the outputs of its own). A dense layer takes
-    one wide call: x through [W+; W-] for x >= 0, else [x+, x-] through [[W+, W-], [W-, W+]]."""
-    w, x = layer.weight, layer.x
+def _contributions(layer: Layer, x: Tensor, positive: bool, bias: bool) -> Tensor:
+    """z_j+ = sum_i (x_i w_ij)+ (+ b_j+) for ``positive``, else z_j- = sum_i (x_i w_ij)- (+ b_j-), by autograd-able
+    layer calls: the positive contributions are x+ through W+ and x- through W-."""
+    w, b = layer.weight, layer.bias
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    bp, bn = (_bias_part(layer, True), _bias_part(layer, False)) if bias else (None, None)
-    bp, bn = _shifted(bp, epsilon, w), _shifted(bn, -epsilon, w)
-    if layer.dense():
-        both = None if bp is None or bn is None else torch.cat([bp, bn])
-        if layer.x_nonneg():
-            weight, inputs = torch.cat([wp, wn]), x
-        else:  # (bigger, more efficient matrix products than four calls)
-            top = torch.cat([wp, wn], 1)
-            weight, inputs = torch.cat([top, top.roll(w.shape[1], 1)]), layer.stacked_x()
-        wide = layer.forward(inputs, weight, both)
-        zp, zn = wide.split(w.shape[0], layer.channel_dim)
-        return SignedParts(zp, zn, wide, weight)
-    return SignedParts(_through(layer, wp, wn, bp), _through(layer, wn, wp, bn))
-
-
-def _through(layer: Layer, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> Tensor:
-    """``w_pos x+ + w_neg x- + bias``: x through ``w_pos`` for x >= 0; for signed x one call through the stacked
-    input [x+, x-] on a dense layer, else two calls."""
-    x = layer.x
-    if layer.x_nonneg():
-        return layer.forward(x, w_pos, bias)
-    if layer.dense():
-        return layer.forward(layer.stacked_x(), torch.cat([w_pos, w_neg], 1), bias)
-    return layer.forward(x.clamp(min=0), w_pos, bias).add_(layer.forward(x.clamp(max=0), w_neg, None))
-
-
-def positive_terms(layer: Layer, coef_plus: Tensor, coef_minus: Tensor | None = None, alpha: float = 1.0,
-                   beta: float = 0.0) -> list[Term]:
-    """Terms for ``alpha R * coef_plus`` through z+ minus ``beta R * coef_minus`` through z- (the sums of positive /
-    negative contributions): dz+/dx is W+ where x > 0 and W- where x < 0, dz-/dx the other way round. Two
-    transposed layers for x >= 0, four for signed x, each masked by the sign of x. (Written with W and |W| it
-    would take two, but their sums cancel where a denominator is tiny and its coefficient huge.)"""
-    w = layer.weight
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    coefs = [coef_plus] if coef_minus is None else [coef_plus, coef_minus]
-    coefs = [c if c.is_contiguous() or c.is_contiguous(memory_format=torch.channels_last)
-             else torch.empty_like(layer.z).copy_(c) for c in coefs]  # halves of one wide output: made dense
-    terms = [Term(wp * alpha, coefs[0])] + ([Term(wn * -beta, coefs[1])] if coef_minus is not None else [])
-    if layer.x_nonneg():
-        return terms
-    if layer.dense():  # through the stacked input [x+, x-]: [W+, W-] and [W-, W+], two transposed layers
-        dim = layer.channel_dim
-        stacked = [Term(torch.cat([wp, wn], 1) * alpha, coefs[0], layer.x_signs, stacked_dim=dim)]
-        if coef_minus is not None:
-            stacked.append(Term(torch.cat([wn, wp], 1) * -beta, coefs[1], layer.x_signs, stacked_dim=dim))
-        return stacked
-    swapped = [Term(wn * alpha, coefs[0], layer.x_negative)]
-    if coef_minus is not None:
-        swapped.append(Term(wp * -beta, coefs[1], layer.x_negative))
-    return [Term(t.weight, t.coef, layer.x_positive) for t in terms] + swapped
-
-
-def wide_terms(layer: Layer, parts: SignedParts, alpha: float, beta: float) -> list[Term]:
-    """``positive_terms`` for a dense layer whose coefficients [c+; c-] are ``parts.wide`` (the output of the wide
-    call of :func:`signed_parts`, turned into coefficients in place): one transposed layer through the same wide
-    weight, its rows scaled by alpha and -beta ([W+; W-] for x >= 0; for signed x, [[W+, W-], [W-, W+]] gives
-    [for x+; for x-], masked by sign)."""
-    weight, wide_coef = parts.wide_weight, parts.wide
-    assert weight is not None and wide_coef is not None
-    n = layer.weight.shape[0]
-    scale = weight.new_tensor([alpha, -beta]).repeat_interleave(n).view(-1, *([1] * (weight.ndim - 1)))
-    pair = layer.channel_dim % wide_coef.ndim
-    if layer.x_nonneg():
-        return [Term(weight.mul_(scale), wide_coef, pair_dim=pair)]
-    return [Term(weight.mul_(scale), wide_coef, layer.x_signs, stacked_dim=layer.channel_dim, pair_dim=pair)]
+    b = None if b is None or not bias else (b.clamp(min=0) if positive else b.clamp(max=0))
+    first, second = (wp, wn) if positive else (wn, wp)
+    return layer.fn(x.clamp(min=0), first, b) + layer.fn(x.clamp(max=0), second, None)
 
 
 class Rule:
-    """Base class of the LRP rules; ``terms(layer)`` gives the modified backward (see the module docstring)."""
+    """Base class of the LRP rules: ``reference(layer, R)`` gives the relevance at the layer input the textbook way,
+    ``terms(layer)`` the fast modified backward (see the module docstring)."""
 
     input_rule: ClassVar[bool] = False
 
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def terms(self, layer: Layer) -> list[Term]:
         raise NotImplementedError
+
+
+class ModifierRule(Rule):
+    """A rule from named modifiers (the generic LRP rule, Montavon et al. 2019, eq. 10.7):
+    R_i = sum_j x_i w'_ij / (z'_j + eps sign(z'_j)) R_j with w' = ``weight(w)``, b' = ``bias(b)``,
+    z'_j = sum_i x_i w'_ij + b'_j. Override ``weight`` / ``bias`` (identity by default); ``epsilon`` stabilizes."""
+
+    epsilon: float = 0.0
+
+    def weight(self, w: Tensor) -> Tensor:
+        return w
+
+    def bias(self, b: Tensor) -> Tensor:
+        return b
+
+    def _modified(self, layer: Layer) -> tuple[Tensor, Tensor | None]:
+        return self.weight(layer.weight), None if layer.bias is None else self.bias(layer.bias)
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        w, b = self._modified(layer)
+        return modified_gradient(lambda x: layer.fn(x, w, b), relevance, layer.x, epsilon=self.epsilon)
+
+    def terms(self, layer: Layer) -> list[Term]:
+        w, b = self._modified(layer)
+        return [Term(w, stabilized_reciprocal(layer.forward(layer.x, w, b), self.epsilon))]
 
 
 @dataclass
@@ -262,6 +105,10 @@ class Epsilon(Rule):
     """LRP-epsilon (Bach et al. 2015): R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j; epsilon=0 is LRP-0."""
 
     epsilon: float = 1e-6
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        w, b = layer.weight, layer.bias
+        return modified_gradient(lambda x: layer.fn(x, w, b), relevance, layer.x, epsilon=self.epsilon)
 
     def terms(self, layer: Layer) -> list[Term]:
         return [Term(layer.weight, stabilized_reciprocal(layer.z, self.epsilon))]
@@ -282,6 +129,16 @@ class Gamma(Rule):
 
     gamma: float = 0.25
     epsilon: float = 1e-6
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        w, b, g = layer.weight, layer.bias, self.gamma
+        up = layer.z >= 0  # which contributions gamma favours, per output
+
+        def z(x: Tensor) -> Tensor:
+            favoured = torch.where(up, _contributions(layer, x, True, True), _contributions(layer, x, False, True))
+            return layer.fn(x, w, b) + g * favoured
+
+        return modified_gradient(z, relevance, layer.x, epsilon=self.epsilon)
 
     def terms(self, layer: Layer) -> list[Term]:
         # With sigma = sign(z): z' = z + gamma z+ (z > 0) or z + gamma z- = (1 + gamma) z - gamma z+ (z < 0), so
@@ -331,6 +188,12 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha, beta and epsilon must be >= 0, got alpha={self.alpha}, beta={self.beta}, "
                              f"epsilon={self.epsilon}")
 
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        eps, x = self.epsilon, layer.x
+        plus = modified_gradient(lambda a: _contributions(layer, a, True, self.bias) + eps, relevance, x)
+        minus = modified_gradient(lambda a: _contributions(layer, a, False, self.bias) - eps, relevance, x)
+        return self.alpha * plus - self.beta * minus
+
     def terms(self, layer: Layer) -> list[Term]:
         # exact values (either may be ~0, where rounding would matter), stabilized away from 0 by epsilon
         parts = signed_parts(layer, self.bias, self.epsilon)
@@ -355,9 +218,12 @@ class ZPlus(Rule):
 
     epsilon: float = 1e-6
 
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        return modified_gradient(lambda x: _contributions(layer, x, True, False) + self.epsilon, relevance, layer.x)
+
     def terms(self, layer: Layer) -> list[Term]:
         w = layer.weight
-        zp = _through(layer, w.clamp(min=0), w.clamp(max=0), _shifted(None, self.epsilon, w))
+        zp = through(layer, w.clamp(min=0), w.clamp(max=0), shifted(None, self.epsilon, w))
         fast = finite_stabilizer(self.epsilon, zp.dtype)
         return positive_terms(layer, zp.reciprocal_() if fast else stabilized_reciprocal(zp, inplace=True))
 
@@ -365,6 +231,9 @@ class ZPlus(Rule):
 @dataclass
 class Pass(Rule):
     """Pass-through (for element-wise layers such as an unmerged BatchNorm): R_in = R_out."""
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        return relevance
 
     def terms(self, layer: Layer) -> list[Term]:
         if not layer.elementwise:
@@ -378,6 +247,10 @@ class Flat(Rule):
 
     input_rule: ClassVar[bool] = True
 
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        ones = torch.ones_like(layer.weight)
+        return modified_gradient(lambda a: layer.fn(a, ones, None), relevance, torch.ones_like(layer.x))
+
     def terms(self, layer: Layer) -> list[Term]:
         ones = torch.ones_like(layer.weight)
         den = layer.forward(torch.ones_like(layer.x[:1]), ones)  # the same for every sample
@@ -389,6 +262,10 @@ class WSquare(Rule):
     """w^2-rule (Montavon et al. 2017): R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j."""
 
     input_rule: ClassVar[bool] = True
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        w2 = layer.weight * layer.weight
+        return modified_gradient(lambda a: layer.fn(a, w2, None), relevance, torch.ones_like(layer.x))
 
     def terms(self, layer: Layer) -> list[Term]:
         w2 = layer.weight * layer.weight
@@ -416,6 +293,15 @@ class ZBox(Rule):
         hi = x.amax(dim=dims, keepdim=True) if self.high is None else torch.as_tensor(self.high)
         lo, hi = lo.to(x), hi.to(x)
         return torch.broadcast_to(lo, x.shape), torch.broadcast_to(hi, x.shape)
+
+    def reference(self, layer: Layer, relevance: Tensor) -> Tensor:
+        w = layer.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+
+        def z(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # z_ij = x_i w_ij - l_i w_ij+ - h_i w_ij-, summed over i
+            return layer.fn(x, w, None) - layer.fn(lo, wp, None) - layer.fn(hi, wn, None)
+
+        return modified_gradient(z, relevance, layer.x, *self.bounds(layer.x), epsilon=self.epsilon)
 
     def terms(self, layer: Layer) -> list[Term]:
         x, w = layer.x, layer.weight
