@@ -8,8 +8,7 @@ from . import (
 )
 from .core import Explanation, Method, explain, get_method, list_methods, register
 from .targets import Target, make_target
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Explanation",

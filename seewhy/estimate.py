@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from . import engine
 from .core import get_method
 from .hooks import model_state
+from .metrics import get_metric
 from .progress import format_seconds
 
 log = logging.getLogger("seewhy")
@@ -139,8 +140,6 @@ def estimate_metrics(
 ) -> list[Estimate]:
     """Per-image cost of each metric for one method: ``costs[m]`` forwards (or explanation calls, for the metrics that
     re-run the method: then seconds from ``method_seconds``, the mean over the methods of the run)."""
-    from .evaluate import cost_unit
-
     known = [s for s in method_seconds.values() if s is not None]
     per_call = sum(known) / len(known) if known else None
     out = []
@@ -154,6 +153,11 @@ def estimate_metrics(
         text = f"{n} {unit}" if n else "no model evaluation"
         out.append(Estimate(m, n, seconds, text))
     return out
+
+
+def cost_unit(metric: str) -> str:
+    """What a metric's cost counts: explanation calls for the metrics that re-run the method, else forward passes."""
+    return "explanations" if "method" in get_metric(metric).needs else "forward passes"
 
 
 def describe_timing(timing: Timing) -> str:

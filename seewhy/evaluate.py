@@ -5,9 +5,11 @@ leaderboard shows what a meaningless map scores), runs each metric on every expl
 needs: per-image scores, deletion/insertion curves, the cascading-randomization maps (Adebayo et al. 2018) and,
 given true labels, the maps of misclassified images for the predicted and the true class.
 
-Every metric is called as ``fn(model, inputs, attributions, target, **params)`` with the classes the explanations
-were made for (so a metric scores the same class the method explained), the seed, and what the metric ``needs``
-(``mask=`` for localization, ``method=`` for robustness and sanity).
+The methods run through :func:`seewhy.runner.explain_batches` (the loop ``seewhy explain`` uses). Every metric is
+called through its spec, ``spec(model, inputs, attributions, target, **params) -> MetricResult``, with the classes
+the explanations were made for (so a metric scores the same class the method explained), the seed, and what the
+metric ``needs`` (``mask=`` for localization, ``method=`` for robustness and sanity); a ``per_batch`` metric gets one
+batch of explanations at a time, and the first batch's ``details`` (the randomization maps) are kept.
 """
 
 from __future__ import annotations
@@ -23,19 +25,32 @@ import torch
 from torch import Tensor, nn
 
 from .core import Explanation, explain, get_method, seeded
+from .estimate import cost_unit, log_run
 from .hooks import model_state
-from .metrics import get_metric, sanity
+from .metrics import get_metric
+from .metrics.sanity import RandomizationResult
 from .progress import format_seconds
 from .progress import progress as _progress
+from .runner import explain_batches
 from .targets import TargetSpec
 
 log = logging.getLogger("seewhy")
+
+__all__ = [
+    "CONTROLS", "DEFAULT_METRICS", "METRIC_DEFAULTS", "Evaluation", "FailureCase", "MetricScores",
+    "check_metric_params", "cost_unit", "evaluate", "metric_costs",
+]
 
 CONTROLS = ("random_attribution", "edge_detector")
 DEFAULT_METRICS = ("deletion_auc", "insertion_auc", "road", "sparseness", "model_randomization")
 #: how model_randomization groups the layers into steps by default: the first two parts of a module's dotted
 #: name (efficientnet_lite0: ``_blocks.15``, ..., ``_conv_head``: 21 steps instead of 81 single layers)
 RANDOMIZATION_GROUP = 2
+#: evaluate's settings for a metric, under the caller's ``metric_params``: model randomization in layer groups,
+#: with the similarities the report shows
+METRIC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model_randomization": {"group": RANDOMIZATION_GROUP, "measures": ("spearman_abs", "spearman", "ssim")},
+}
 
 
 @dataclass
@@ -82,7 +97,7 @@ class Evaluation:
     results: dict[tuple[str, str], MetricScores]
     explanations: dict[str, list[Explanation]]
     explain_seconds: dict[str, list[float]]  # per batch
-    randomization: dict[str, sanity.RandomizationResult]
+    randomization: dict[str, RandomizationResult]
     errors: dict[str, str]
     costs: dict[str, int]
     failure_cases: list[FailureCase] = field(default_factory=list)
@@ -136,21 +151,10 @@ class Evaluation:
         }
 
 
-def cost_unit(metric: str) -> str:
-    """What a metric's cost counts: explanation calls for the metrics that re-run the method, else forward passes."""
-    return "explanations" if "method" in get_metric(metric).needs else "forward passes"
-
-
 def check_metric_params(metric: str, params: Mapping[str, Any]) -> None:
     """Raise ValueError when ``params`` has a name that metric ``metric`` does not take (listing the valid ones)."""
-    import inspect
-
-    fixed = {"model", "inputs", "attributions", "target", "mask", "method", "method_params", "kwargs"}
-    fn = get_metric(metric).fn
-    valid = set(inspect.signature(fn).parameters)
-    if metric == "model_randomization":  # forwards its keywords to parameter_randomization
-        valid |= set(inspect.signature(sanity.parameter_randomization).parameters)
-    valid -= fixed | {"attributions", "keep_maps"}
+    fixed = {"model", "inputs", "attributions", "target", "mask", "method", "method_params", "kwargs", "keep_maps"}
+    valid = get_metric(metric).parameters() - fixed
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ValueError(f"metric {metric} has no parameter {', '.join(map(repr, unknown))}; "
@@ -161,13 +165,10 @@ def metric_costs(
     model: nn.Module, inputs: Tensor, metrics: Sequence[str], metric_params: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, int]:
     """Model forwards per image and method for each metric (for the metrics that re-run the method, robustness and
-    sanity: explanation calls)."""
+    sanity: explanation calls), with evaluate's defaults (:data:`METRIC_DEFAULTS`) under ``metric_params``."""
     out = {}
     for m in metrics:
-        params = {"input_size": tuple(inputs.shape[-2:]), **metric_params.get(m, {})}
-        if m == "model_randomization":
-            steps = sanity.randomization_steps(model, group=params.get("group", RANDOMIZATION_GROUP))
-            params["n_steps"] = len(steps)
+        params = {"input_size": tuple(inputs.shape[-2:]), "model": model, **_metric_params(m, metric_params)}
         out[m] = int(get_metric(m).cost(params))
     return out
 
@@ -209,16 +210,48 @@ def evaluate(
         estimate: log each method's and metric's cost per image (model evaluations and seconds, from one timed
             forward and forward+backward of ``model``) before any work, when the ``seewhy`` logger shows INFO.
     """
-
     if not isinstance(inputs, Tensor) or inputs.ndim != 4:
         raise ValueError(f"inputs must be a (N,C,H,W) tensor, got {getattr(inputs, 'shape', type(inputs))}")
     method_params = {k: dict(v) for k, v in (method_params or {}).items()}
     metric_params = {k: dict(v) for k, v in (metric_params or {}).items()}
     names = list(dict.fromkeys(methods))
-    if not names:
-        raise ValueError("give at least one method to evaluate")
     extra = [c for c in CONTROLS if c not in names] if controls else []
     metrics = list(dict.fromkeys(metrics))
+    masks = _check_request(inputs, names, extra, metrics, method_params, metric_params, masks, labels)
+    costs = metric_costs(model, inputs, metrics, metric_params)
+    run = [*names, *extra]
+    params = {m: seeded(m, method_params.get(m), seed) for m in run}
+    if estimate:
+        log_run(model, inputs, run, params, inputs.shape[0], metrics=metrics, metric_costs=costs)
+    result = Evaluation(names, extra, metrics, {}, {}, {}, {}, {}, costs)
+    n = inputs.shape[0]
+    chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    total = len(run) * len(chunks) * (1 + len(metrics))
+    with _progress(total, "evaluating", "steps", delay=0, enabled=progress is not False) as bar:
+        batches = [inputs[sl] for sl in chunks]
+        targets = [_rows(target, sl) for sl in chunks]
+        for done in explain_batches(model, batches, run, params, target, batch_targets=targets, bar=bar):
+            if done.error is not None:  # one broken method must not lose the others
+                result.errors[done.name] = done.error
+                bar.update(len(chunks) * len(metrics))
+                continue
+            result.explain_seconds[done.name] = list(done.seconds)
+            result.explanations[done.name] = list(done.explanations)
+            for metric in metrics:
+                _run_metric(model, inputs, chunks, done.name, params[done.name], metric,
+                            _metric_params(metric, metric_params, seed), masks, result, bar)
+    if labels is not None:
+        result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed, batch_size)
+    return result
+
+
+def _check_request(inputs: Tensor, names: list[str], extra: list[str], metrics: list[str],
+                   method_params: dict[str, dict[str, Any]], metric_params: dict[str, dict[str, Any]],
+                   masks: Tensor | None, labels: Sequence[int] | Tensor | None) -> Tensor | None:
+    """Fail before any work on an unknown method, metric or parameter, or on masks and labels that do not fit;
+    returns the masks as a tensor."""
+    if not names:
+        raise ValueError("give at least one method to evaluate")
     specs = {m: get_metric(m) for m in metrics}
     n = inputs.shape[0]
     if masks is not None:
@@ -237,105 +270,63 @@ def evaluate(
         if m not in specs:
             raise ValueError(f"metric_params names {m!r}, which is not among the metrics ({', '.join(metrics)})")
         check_metric_params(m, p)
-    costs = metric_costs(model, inputs, metrics, metric_params)
-    if estimate:
-        from .estimate import log_run
+    return masks
 
-        run = [*names, *extra]
-        log_run(model, inputs, run, {m: seeded(m, method_params.get(m), seed) for m in run}, n, metrics=metrics,
-                metric_costs=costs)
 
-    chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    result = Evaluation(names, extra, metrics, {}, {}, {}, {}, {}, costs)
-    total = (len(names) + len(extra)) * len(chunks) * (1 + len(metrics))
-    with _progress(total, "evaluating", "steps", delay=0, enabled=progress is not False) as bar:
-        for method in [*names, *extra]:
-            params = seeded(method, method_params.get(method), seed)
-            bar.set_postfix(method)
-            exps, seconds = [], []
-            try:
-                for b, sl in enumerate(chunks):
-                    t0 = time.perf_counter()
-                    exps.append(explain(model, inputs[sl], method, target=_rows(target, sl), **params))
-                    seconds.append(time.perf_counter() - t0)
-                    bar.update()
-                    bar.done("%s: batch %d/%d (%d image(s)) in %s", method, b + 1, len(chunks), sl.stop - sl.start,
-                             format_seconds(seconds[-1]))
-            except Exception as err:  # one broken method must not lose the others
-                log.error("method %s failed: %s: %s", method, type(err).__name__, err)
-                result.errors[method] = f"{type(err).__name__}: {err}"
-                bar.update((len(chunks) - len(exps)) + len(chunks) * len(metrics))
-                continue
-            result.explain_seconds[method] = seconds
-            result.explanations[method] = exps
-            for metric in metrics:
-                bar.set_postfix(f"{method} / {metric}")
-                try:
-                    res = result.results[(method, metric)] = _score(
-                        model, inputs, exps, chunks, method, params, metric, metric_params.get(metric, {}), masks,
-                        seed, result, bar,
-                    )
-                    bar.done("%s on %s: %s for %d image(s)", metric, method, format_seconds(res.seconds), n)
-                except Exception as err:
-                    log.error("metric %s on %s failed: %s: %s", metric, method, type(err).__name__, err)
-                    result.errors[f"{method}/{metric}"] = f"{type(err).__name__}: {err}"
-    if labels is not None:
-        result.failure_cases = _failure_cases(model, inputs, names, method_params, labels, result, seed, batch_size)
-    return result
+def _metric_params(metric: str, metric_params: Mapping[str, Mapping[str, Any]], seed: int | None = None
+                   ) -> dict[str, Any]:
+    """A metric's keywords in a run: the seed, evaluate's defaults for it, then the caller's."""
+    return {**({} if seed is None else {"seed": seed}), **METRIC_DEFAULTS.get(metric, {}),
+            **metric_params.get(metric, {})}
+
+
+def _run_metric(model: nn.Module, inputs: Tensor, chunks: list[slice], method: str, method_params: dict[str, Any],
+                metric: str, params: dict[str, Any], masks: Tensor | None, result: Evaluation, bar: Any) -> None:
+    """Score one method's explanations with one metric into ``result`` (a failure is logged and recorded)."""
+    bar.set_postfix(f"{method} / {metric}")
+    try:
+        res, details = _score(model, inputs, result.explanations[method], chunks, method, method_params, metric,
+                              params, masks, bar)
+    except Exception as err:
+        log.error("metric %s on %s failed: %s: %s", metric, method, type(err).__name__, err)
+        result.errors[f"{method}/{metric}"] = f"{type(err).__name__}: {err}"
+        return
+    result.results[(method, metric)] = res
+    if isinstance(details, RandomizationResult):  # the first batch's maps, for the report's grid
+        result.randomization[method] = details
+    bar.done("%s on %s: %s for %d image(s)", metric, method, format_seconds(res.seconds), inputs.shape[0])
 
 
 def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: list[slice], method: str,
-           method_params: dict[str, Any], metric: str, params: dict[str, Any], masks: Tensor | None, seed: int,
-           result: Evaluation, bar: Any) -> MetricScores:
-    """One metric over every explanation of one method. A metric is called once on all the images (it batches its
-    own forwards), so that seeded draws, keyed by an image's row in the call, do not depend on ``batch_size``;
-    model randomization runs per chunk (the same randomized copies for every chunk) and keeps the first chunk's maps."""
+           method_params: dict[str, Any], metric: str, params: dict[str, Any], masks: Tensor | None,
+           bar: Any) -> tuple[MetricScores, Any]:
+    """One metric over every explanation of one method, and the first call's details. A metric is called once on all
+    the images (it batches its own forwards), so that seeded draws, keyed by an image's row in the call, do not
+    depend on ``batch_size``; a ``per_batch`` metric (one that re-explains its images at once) is called per batch,
+    keeping the first batch's details."""
     spec = get_metric(metric)
     t0 = time.perf_counter()
-    kw = {"seed": seed, **params}
-    if metric == "model_randomization":
-        scores, protocol = [], {}
-        for b, (sl, exp) in enumerate(zip(chunks, exps, strict=True)):
-            out = _randomization(model, inputs[sl], exp, method, method_params, kw, keep=b == 0)
-            if b == 0:
-                result.randomization[method] = out
-            measure = params.get("measure", "spearman_abs")
-            scores.append(out.mean(measure))
-            protocol = {"measure": measure, **out.protocol}
-            bar.update()
-        s = torch.cat([x.detach().double().cpu().reshape(-1) for x in scores])
-        return MetricScores(method, metric, s, time.perf_counter() - t0, protocol=protocol)
-    attributions = torch.cat([e.attributions for e in exps])
-    targets = [e.targets for e in exps]
-    target = None if any(t is None for t in targets) else torch.cat(targets)
-    if "mask" in spec.needs:
-        kw["mask"] = masks.to(inputs.device)
+    kw = dict(params)
     if "method" in spec.needs:
         kw.setdefault("method", method)
         kw.setdefault("method_params", method_params)
-    out = spec.fn(model, inputs, attributions, target, **kw)
-    bar.update(len(chunks))
-    scores = out if isinstance(out, Tensor) else out.scores
-    protocol = {} if isinstance(out, Tensor) else dict(getattr(out, "protocol", {}) or {})
-    curves = getattr(out, "curves", None)
-    fractions = getattr(out, "fractions", None)
-    return MetricScores(
-        method, metric, scores.detach().double().cpu().reshape(-1), time.perf_counter() - t0,
-        None if curves is None else curves.detach().double().cpu(),
-        None if curves is None or fractions is None else fractions.detach().double().cpu(), protocol,
-    )
-
-
-def _randomization(model: nn.Module, x: Tensor, exp: Explanation, method: str, method_params: dict[str, Any],
-                   kw: dict[str, Any], keep: bool) -> sanity.RandomizationResult:
-    kw = dict(kw)
-    kw.pop("measure", None)
-    kw.setdefault("group", RANDOMIZATION_GROUP)
-    kw.setdefault("mode", "cascading")
-    kw.setdefault("measures", ("spearman_abs", "spearman", "ssim"))
-    target = exp.targets if exp.targets is not None else None
-    return sanity.parameter_randomization(model, x, method, target, attributions=exp.attributions, keep_maps=keep,
-                                          method_params=method_params, **kw)
+    parts = [(sl, [e]) for sl, e in zip(chunks, exps, strict=True)] if spec.per_batch \
+        else [(slice(0, inputs.shape[0]), exps)]
+    results = []
+    for b, (sl, part) in enumerate(parts):
+        targets = [e.targets for e in part]
+        target = None if any(t is None for t in targets) else torch.cat(targets)
+        if "mask" in spec.needs:
+            kw["mask"] = masks[sl].to(inputs.device)
+        results.append(spec(model, inputs[sl], torch.cat([e.attributions for e in part]), target, details=b == 0,
+                            **kw))
+        bar.update(len(chunks) // len(parts))
+    first = results[0]
+    scores = torch.cat([r.scores.detach().double().cpu().reshape(-1) for r in results])
+    curves = None if first.curves is None else torch.cat([r.curves.detach().double().cpu() for r in results])
+    fractions = None if curves is None or first.fractions is None else first.fractions.detach().double().cpu()
+    res = MetricScores(method, metric, scores, time.perf_counter() - t0, curves, fractions, dict(first.protocol))
+    return res, first.details
 
 
 def _failure_cases(model: nn.Module, inputs: Tensor, methods: list[str], method_params: Mapping[str, Any],

@@ -44,7 +44,7 @@ def methods_listing(verbose: bool = False) -> str:
 def metrics_listing(verbose: bool = False) -> str:
     """The registered metrics: family, the better direction, cost per image and method (at 224x224 with the
     defaults), what they need, summary; ``verbose``: the whole description and every parameter."""
-    from .evaluate import cost_unit
+    from .estimate import cost_unit
     from .metrics import METRICS
 
     rows = []

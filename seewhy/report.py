@@ -47,11 +47,10 @@ import torch
 from torch import Tensor
 
 from . import report_layout as layout
-from .core import Explanation
-from .report_files import _atomic as _atomic
-from .report_files import _jsonable as _jsonable
-from .report_files import _versions as _versions
-from .report_files import prepare_out_dir, write_report_files
+from . import viz
+from .core import METHODS, Explanation, get_method
+from .fileio import jsonable
+from .report_files import prepare_out_dir, versions, write_report_files
 from .report_layout import template_env
 from .runner import Figure, MethodRun, Table
 
@@ -132,7 +131,8 @@ def write_explain_report(
         failures: ``(path, reason)`` for the inputs that could not be loaded.
         class_names: labels for the model's classes (default: those carried by the explanations).
         settings: other run settings for the record (device, batch size, seed, ...).
-        tables: extra tables (metrics) shown after the methods and stored in the manifest.
+        tables: extra tables (metrics) shown after the methods and stored in the manifest; each registered method
+            of a successful run adds its own after them (:meth:`seewhy.core.Method.report_tables`).
         figures: pictures (plots, grids of maps) shown after the tables.
         files: more files to write next to the report, ``{name: content}`` (e.g. ``results.csv``), atomically
             and before ``index.html``; listed in the manifest.
@@ -154,41 +154,75 @@ def write_explain_report(
     out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
     keys = _unique_keys([im.name for im in images])
     names = class_names if class_names is not None else _class_names(batches.values())
-    tables = [*tables, *(t for run in runs if run.ok for t in _ledger_tables(run.name, batches[run.name], keys))]
+    tables = [*tables, *_method_tables(runs, batches, keys)]
     probs = [_softmax(im.output) if im.output is not None else None for im in images]
 
-    arrays: dict[str, np.ndarray] = {}
-    views: list[layout.MethodView] = []
-    cards: dict[str, list[layout.Card]] = {key: [] for key in keys}
-    manifest_methods: list[dict[str, Any]] = []
-    for run in runs:
-        if not run.ok:
-            manifest_methods.append({"name": run.name, "error": run.error or "no result"})
-            continue
-        view, method_cards, record = _render_method(run, batches[run.name], images, keys, probs, names, arrays)
-        views.append(view)
-        for key, card in zip(keys, method_cards, strict=True):
-            cards[key].append(card)
-        manifest_methods.append(record)
-
+    views, cards, manifest_methods, arrays = _render_methods(runs, batches, images, keys, probs, names)
     predictions = [
         [_Prediction(*p) for p in top_predictions(im.output, names)] if im.output is not None else []
         for im in images
     ]
-    created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-    versions = _versions()
-    cmd = list(command) if command is not None else list(sys.argv)
+    header = {"title": title, "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+              "versions": versions(), "cmd": list(command) if command is not None else list(sys.argv)}
+    manifest = _manifest(header, images, keys, predictions, manifest_methods, views, arrays, model=model,
+                         target=target, preprocessing=preprocessing, settings=settings, failures=failures,
+                         tables=tables, figures=figures, files=files, save_attributions=save_attributions)
+    html = layout.render_page(
+        **header, model=dict(model), target=target,
+        settings={**({"preprocessing": preprocessing} if preprocessing else {}), **(settings or {})},
+        images=[{"name": im.name, "key": key, "source": im.source, "image": im.image, "predictions": preds}
+                for im, key, preds in zip(images, keys, predictions, strict=True)],
+        cards=cards, methods=views, failures=[(str(p), str(r)) for p, r in failures],
+        method_failures=[(r.name, r.error or "no result") for r in runs if not r.ok], tables=list(tables),
+        figures=list(figures), attributions_file="attributions.npz" if save_attributions else None,
+    )
+    return _write(out, manifest, html, files, arrays if save_attributions else None)
+
+
+def _write(out: Path, manifest: Mapping[str, Any], html: str, files: Mapping[str, bytes] | None,
+           arrays: Mapping[str, np.ndarray] | None) -> Path:
+    """The extra files, ``attributions.npz`` (unless ``arrays`` is None), the manifest, then ``index.html``."""
+    manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()  # fails before anything is written
+    contents: dict[str, bytes | Callable[[BinaryIO], Any]] = dict(files or {})
+    if arrays is not None:
+        contents["attributions.npz"] = lambda f: np.savez(f, **arrays)
+    contents["manifest.json"] = manifest_bytes
+    if arrays is None:
+        (out / "attributions.npz").unlink(missing_ok=True)  # an old one would not match the new manifest
+    return write_report_files(out, contents, html)
+
+
+def _manifest(
+    header: Mapping[str, Any],
+    images: Sequence[ImageRow],
+    keys: Sequence[str],
+    predictions: Sequence[Sequence[_Prediction]],
+    methods: Sequence[Mapping[str, Any]],
+    views: Sequence[layout.MethodView],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    model: Mapping[str, Any],
+    target: str,
+    preprocessing: Mapping[str, Any] | None,
+    settings: Mapping[str, Any] | None,
+    failures: Sequence[tuple[str, str]],
+    tables: Sequence[Table],
+    figures: Sequence[Figure],
+    files: Mapping[str, bytes] | None,
+    save_attributions: bool,
+) -> dict[str, Any]:
+    """The content of ``manifest.json`` (see the module docstring)."""
     ranked = any(v.ranks > 1 for v in views)
-    manifest = {
+    return {
         "seewhy_report": MANIFEST_VERSION,
-        "title": title,
-        "created": created,
-        "command": cmd,
-        "versions": versions,
-        "model": _jsonable(dict(model)),
+        "title": header["title"],
+        "created": header["created"],
+        "command": header["cmd"],
+        "versions": header["versions"],
+        "model": jsonable(dict(model)),
         "target": target,
-        "preprocessing": _jsonable(dict(preprocessing or {})),
-        "settings": _jsonable(dict(settings or {})),
+        "preprocessing": jsonable(dict(preprocessing or {})),
+        "settings": jsonable(dict(settings or {})),
         "images": [
             {
                 "name": im.name,
@@ -199,10 +233,10 @@ def write_explain_report(
             }
             for im, key, preds in zip(images, keys, predictions, strict=True)
         ],
-        "methods": manifest_methods,
+        "methods": list(methods),
         "warnings": [{"method": v.name, "message": w} for v in views for w in v.warnings],
         "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
-        "tables": [_jsonable({"title": t.title, "columns": t.columns, "rows": t.rows, "note": t.note})
+        "tables": [jsonable({"title": t.title, "columns": t.columns, "rows": t.rows, "note": t.note})
                    for t in tables],
         "figures": [{"title": f.title, "caption": f.caption} for f in figures],
         "files": sorted(files or {}),
@@ -213,36 +247,40 @@ def write_explain_report(
         } if save_attributions else None,
     }
 
-    html = layout.render_page(
-        title=title,
-        created=created,
-        versions=versions,
-        model=dict(model),
-        target=target,
-        settings={**({"preprocessing": preprocessing} if preprocessing else {}), **(settings or {})},
-        cmd=cmd,
-        images=[{"name": im.name, "key": key, "source": im.source, "image": im.image, "predictions": preds}
-                for im, key, preds in zip(images, keys, predictions, strict=True)],
-        cards=cards,
-        methods=views,
-        failures=[(str(p), str(r)) for p, r in failures],
-        method_failures=[(r.name, r.error or "no result") for r in runs if not r.ok],
-        tables=list(tables),
-        figures=list(figures),
-        attributions_file="attributions.npz" if save_attributions else None,
-    )
 
-    manifest_bytes = json.dumps(manifest, indent=2, allow_nan=False).encode()  # fails before anything is written
-    contents: dict[str, bytes | Callable[[BinaryIO], Any]] = dict(files or {})
-    if save_attributions:
-        contents["attributions.npz"] = lambda f: np.savez(f, **arrays)
-    contents["manifest.json"] = manifest_bytes
-    if not save_attributions:
-        (out / "attributions.npz").unlink(missing_ok=True)  # an old one would not match the new manifest
-    return write_report_files(out, contents, html)
+def _method_tables(runs: Sequence[MethodRun], batches: Mapping[str, Sequence[tuple[Explanation, ...]]],
+                   keys: Sequence[str]) -> list[Table]:
+    """The tables each registered method of a successful run adds (:meth:`seewhy.core.Method.report_tables`)."""
+    return [t for run in runs if run.ok and run.name in METHODS
+            for t in get_method(run.name).report_tables(batches[run.name], keys)]
 
 
 # -- per method ----------------------------------------------------------------------------------------
+
+
+def _render_methods(
+    runs: Sequence[MethodRun],
+    batches: Mapping[str, Sequence[tuple[Explanation, ...]]],
+    images: Sequence[ImageRow],
+    keys: Sequence[str],
+    probs: Sequence[Tensor | None],
+    names: Sequence[str] | None,
+) -> tuple[list[layout.MethodView], dict[str, list[layout.Card]], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The methods table's rows, each image's cards, the manifest's method records, and the raw arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    views: list[layout.MethodView] = []
+    cards: dict[str, list[layout.Card]] = {key: [] for key in keys}
+    records: list[dict[str, Any]] = []
+    for run in runs:
+        if not run.ok:
+            records.append({"name": run.name, "error": run.error or "no result"})
+            continue
+        view, method_cards, record = _render_method(run, batches[run.name], images, keys, probs, names, arrays)
+        views.append(view)
+        for key, card in zip(keys, method_cards, strict=True):
+            cards[key].append(card)
+        records.append(record)
+    return views, cards, records, arrays
 
 
 def _render_method(
@@ -255,9 +293,6 @@ def _render_method(
     arrays: dict[str, np.ndarray],
 ) -> tuple[layout.MethodView, list[layout.Card], dict[str, Any]]:
     """A method's row of the methods table, its card on each image, and its manifest record; fills ``arrays``."""
-    from . import viz
-
-    first = batches[0][0]
     k = len(batches[0])
     steps: dict[str, Any] | None = None
     cards: list[layout.Card] = []
@@ -268,7 +303,6 @@ def _render_method(
     i = 0
     for b, ranks in enumerate(batches):
         n = ranks[0].attributions.shape[0]
-        size = tuple(np.asarray(images[i].image).shape[:2])
         seconds = float(run.seconds[b]) if b < len(run.seconds) else None
         batch_warnings = list(dict.fromkeys(str(w) for e in ranks for w in e.extras.get("warnings") or ()))
         warnings += [w for w in batch_warnings if w not in warnings]
@@ -276,34 +310,14 @@ def _render_method(
         entries: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         batch_extras = []
         for r, exp in enumerate(ranks):
-            batch_steps = exp.heatmap_steps(size)
-            steps = steps or batch_steps
-            signed = batch_steps.get("sign") == "all"
-            heat = exp.heatmap(size).detach().float().cpu().numpy()[:, 0]
-            attr = exp.attributions.detach().cpu()
-            attr = (attr.float() if attr.dtype in (torch.bfloat16, torch.float16) else attr).numpy()
-            empty = _empty_flags(run.name, exp, n)
-            batch_extras.append({key: _jsonable(v) for key, v in exp.extras.items()
-                                 if key not in _RESERVED_EXTRAS and not _per_sample(v, n)})
+            rank = _render_rank(run.name, exp, r, k, images[i : i + n], keys[i : i + n], probs[i : i + n], names,
+                                arrays)
+            steps = steps or rank.steps
             for j in range(n):
-                key = keys[i + j]
-                arrays[f"{run.name}/{key}" + (f"/{r}" if k > 1 else "")] = attr[j]
-                extras = {x: float(v.reshape(-1)[j]) for x, v in exp.extras.items()
-                          if x not in _RESERVED_EXTRAS and _per_sample(v, n)}
-                score = float(exp.scores[j])
-                target = int(exp.targets[j]) if exp.targets is not None else None
-                p = probs[i + j]
-                prob = float(p[target]) if p is not None and target is not None and 0 <= target < p.numel() else None
-                label = _target_label(exp, j, names)
-                overlay = viz.overlay(images[i + j].image, heat[j], signed=signed)
-                maps[j].append(layout.MapView(layout.jpeg_uri(overlay), label, score, prob, r, bool(empty[j]),
-                                              layout.notes(extras, score)))
-                entries[j].append({**({"rank": r} if k > 1 else {}), "target": target, "label": label,
-                                   "score": score, "prob": prob,
-                                   **{x: None if math.isnan(v) else v for x, v in extras.items()},
-                                   **({"empty_heatmap": bool(empty[j])} if "empty_heatmap" in exp.extras else {})})
-                if empty[j]:
-                    empties.append(key + (f"/{r}" if k > 1 else ""))
+                maps[j].append(rank.maps[j])
+                entries[j].append(rank.entries[j])
+            batch_extras.append(rank.extras)
+            empties += rank.empties
         for j in range(n):
             per_image[keys[i + j]] = entries[j] if k > 1 else entries[j][0]
             cards.append(layout.Card(run.name, keys[i + j], maps[j], None if seconds is None else seconds / n,
@@ -311,32 +325,87 @@ def _render_method(
         records.append({
             "images": list(keys[i : i + n]),
             "seconds": seconds,
-            "seed": _jsonable(ranks[0].extras.get("seed")),
+            "seed": jsonable(ranks[0].extras.get("seed")),
             **({"extras": batch_extras[0] if k == 1 else batch_extras} if any(batch_extras) else {}),
         })
         i += n
+    view, record = _method_record(run, batches[0][0], k, len(images), steps, warnings, empties, records)
+    return view, cards, {**record, "per_image": per_image}
+
+
+@dataclass
+class _Rank:
+    """One class rank of one batch, rendered: the heatmap steps, a map and a manifest entry per image, the
+    batch-level extras, and the keys of the images whose map is empty."""
+
+    steps: dict[str, Any]
+    maps: list[layout.MapView]
+    entries: list[dict[str, Any]]
+    extras: dict[str, Any]
+    empties: list[str]
+
+
+def _render_rank(method: str, exp: Explanation, r: int, k: int, images: Sequence[ImageRow], keys: Sequence[str],
+                 probs: Sequence[Tensor | None], names: Sequence[str] | None, arrays: dict[str, np.ndarray]) -> _Rank:
+    """Class rank ``r`` (of ``k``) of one batch of ``images``: overlays, manifest entries; its raw maps into
+    ``arrays``."""
+    n = len(images)
+    size = tuple(np.asarray(images[0].image).shape[:2])
+    steps = exp.heatmap_steps(size)
+    signed = steps.get("sign") == "all"
+    heat = exp.heatmap(size).detach().float().cpu().numpy()[:, 0]
+    attr = exp.attributions.detach().cpu()
+    attr = (attr.float() if attr.dtype in (torch.bfloat16, torch.float16) else attr).numpy()
+    empty = _empty_flags(method, exp, n)
+    suffix = f"/{r}" if k > 1 else ""
+    out = _Rank(steps, [], [], {key: jsonable(v) for key, v in exp.extras.items()
+                                if key not in _RESERVED_EXTRAS and not _per_sample(v, n)}, [])
+    for j in range(n):
+        arrays[f"{method}/{keys[j]}{suffix}"] = attr[j]
+        extras = {x: float(v.reshape(-1)[j]) for x, v in exp.extras.items()
+                  if x not in _RESERVED_EXTRAS and _per_sample(v, n)}
+        score = float(exp.scores[j])
+        target = int(exp.targets[j]) if exp.targets is not None else None
+        p = probs[j]
+        prob = float(p[target]) if p is not None and target is not None and 0 <= target < p.numel() else None
+        label = _target_label(exp, j, names)
+        overlay = viz.overlay(images[j].image, heat[j], signed=signed)
+        out.maps.append(layout.MapView(layout.jpeg_uri(overlay), label, score, prob, r, bool(empty[j]),
+                                       layout.notes(extras, score)))
+        out.entries.append({**({"rank": r} if k > 1 else {}), "target": target, "label": label,
+                            "score": score, "prob": prob,
+                            **{x: None if math.isnan(v) else v for x, v in extras.items()},
+                            **({"empty_heatmap": bool(empty[j])} if "empty_heatmap" in exp.extras else {})})
+        if empty[j]:
+            out.empties.append(keys[j] + suffix)
+    return out
+
+
+def _method_record(run: MethodRun, first: Explanation, k: int, n_images: int, steps: dict[str, Any] | None,
+                   warnings: list[str], empties: list[str], records: list[dict[str, Any]]
+                   ) -> tuple[layout.MethodView, dict[str, Any]]:
+    """A method's row of the methods table and its manifest record (but its per-image entries)."""
     total = float(sum(run.seconds))
     view = layout.MethodView(
         name=run.name, family=layout.family_of(run.name), params=layout.short_params(first.params),
-        layer=first.layer, per_image=total / max(1, len(images)), signed=(steps or {}).get("sign") == "all",
+        layer=first.layer, per_image=total / max(1, n_images), signed=(steps or {}).get("sign") == "all",
         steps=steps or {}, ranks=k, warnings=warnings,
     )
     record = {
         "name": run.name,
         "kind": first.kind,
-        "params": _jsonable(first.params),
+        "params": jsonable(first.params),
         "layer": first.layer,
-        "heatmap_steps": _jsonable(steps),
+        "heatmap_steps": jsonable(steps),
         "seconds": total,
-        "seconds_per_image": total / max(1, len(images)),
+        "seconds_per_image": total / max(1, n_images),
         "seeds": [bt["seed"] for bt in records],
         "batches": records,
         **({"ranks": k} if k > 1 else {}),
         **({"warnings": warnings} if warnings else {}),
         **({"empty_heatmaps": empties} if empties else {}),
-        "per_image": per_image,
     }
-    return view, cards, record
+    return view, record
 
 
 def _empty_flags(method: str, exp: Explanation, n: int) -> list[bool]:
@@ -349,37 +418,6 @@ def _empty_flags(method: str, exp: Explanation, n: int) -> list[bool]:
         raise ValueError(f"method {method!r}: extras['empty_heatmap'] must be a bool tensor of shape ({n},), one flag "
                          f"per image of the batch; got {arr.dtype} {arr.shape}")
     return [bool(x) for x in arr]
-
-
-def _ledger_tables(method: str, batches: Sequence[tuple[Explanation, ...]], keys: Sequence[str]) -> list[Table]:
-    """The relevance ledger of an LRP run as a table (one per class rank): the relevance sum entering each layer,
-    output to input, per image, and its ratio to the output relevance (1 where relevance is conserved)."""
-    from .methods.lrp import ledger_table
-
-    tables = []
-    k = len(batches[0])
-    for r in range(k):
-        per_batch = [ledger_table(ranks[r]) for ranks in batches if ranks[r].extras.get("relevance_ledger")]
-        if len(per_batch) != len(batches):
-            return tables
-        layers = [row["layer"] for row in per_batch[0]]
-        if any([row["layer"] for row in rows] != layers for rows in per_batch):
-            return tables
-        columns = ["layer"]
-        for key in keys:
-            columns += [f"{key}: relevance", f"{key}: / output"]
-        body = []
-        for i, layer in enumerate(layers):
-            cells: list[Any] = [layer]
-            for rows in per_batch:
-                for rel, ratio in zip(rows[i]["relevance"], rows[i]["ratio"], strict=True):
-                    cells += [rel, ratio]
-            body.append(cells)
-        note = ("sum of relevance entering each layer, from the output (the explained score) to the input; "
-                "a ratio of 1 means relevance is conserved down to that layer")
-        tables.append(Table(f"Relevance ledger: {method}" + (f", class rank {r + 1}" if k > 1 else ""), columns,
-                            body, note))
-    return tables
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Writing a report's files: the output folder, atomic writes (index.html last), JSON-safe values, versions.
+"""Writing a report's files: the output folder, the files (atomically, index.html last), the versions.
 
 Shared by the explain, evaluate and ProtoPNet reports (:mod:`seewhy.report`, :mod:`seewhy.protopnet.report`).
 """
@@ -6,19 +6,19 @@ Shared by the explain, evaluate and ProtoPNet reports (:mod:`seewhy.report`, :mo
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from torch import Tensor
 
-__all__ = ["prepare_out_dir", "write_report_files"]
+from .fileio import atomic_write
+from .version import __version__
+
+__all__ = ["prepare_out_dir", "versions", "write_report_files"]
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, create: bool = True) -> Path:
@@ -57,7 +57,7 @@ def write_report_files(out: Path, files: Mapping[str, bytes | Callable[[BinaryIO
     written: list[Path] = []
     try:
         for name, content in {**files, "index.html": html.encode("utf-8")}.items():
-            with _atomic(out / name) as f:
+            with atomic_write(out / name) as f:
                 if callable(content):
                     content(f)
                 else:
@@ -73,36 +73,8 @@ def write_report_files(out: Path, files: Mapping[str, bytes | Callable[[BinaryIO
     return index
 
 
-def _jsonable(v: Any) -> Any:
-    """JSON-safe copy: tensors/arrays become lists (large ones a shape summary), NaN becomes None."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (np.generic,)):
-        return _jsonable(v.item())
-    if isinstance(v, (Tensor, np.ndarray)):
-        arr = v.detach().cpu() if isinstance(v, Tensor) else v
-        if arr.ndim == 0:
-            return _jsonable(arr.item())
-        size = arr.numel() if isinstance(arr, Tensor) else arr.size
-        if size <= 64:
-            return _jsonable(arr.tolist())
-        return {"shape": list(arr.shape), "dtype": str(arr.dtype)}
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if callable(v):
-        return f"{getattr(v, '__module__', '?')}.{getattr(v, '__qualname__', repr(v))}"
-    return repr(v)
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
+def versions() -> dict[str, str]:
+    """The versions of seewhy, torch, numpy, python and the platform, for a report's record."""
     return {
         "seewhy": __version__,
         "torch": torch.__version__,
@@ -110,26 +82,3 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Any]:
-    """Write a binary file to a temporary name next to ``path``, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import matplotlib
 import numpy as np
@@ -27,9 +27,29 @@ from .viz import _default_cmap, _lut, _to_rgb, data_uri, heat_to_image, overlay,
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .core import Explanation
+__all__ = ["ExplanationLike", "explanation_figure", "explanation_html", "explanation_overlays", "save_explanation"]
 
-__all__ = ["explanation_figure", "explanation_html", "explanation_overlays", "save_explanation"]
+
+class ExplanationLike(Protocol):
+    """What the views read from a :class:`seewhy.core.Explanation` (typed by its shape, so that the views do not
+    depend on the module that defines it)."""
+
+    @property
+    def attributions(self) -> Tensor: ...
+    @property
+    def scores(self) -> Tensor: ...
+    @property
+    def inputs(self) -> Tensor | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def layer(self) -> str | None: ...
+
+    def heatmap(self, size: tuple[int, int] | None = None, **overrides: Any) -> Tensor: ...
+    def heatmap_steps(self, size: tuple[int, int] | None = None, **overrides: Any) -> dict[str, Any]: ...
+    def label(self, i: int) -> str: ...
 
 
 # ------------------------------------------------------------------------------------- Jupyter view
@@ -43,7 +63,7 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def explanation_html(exp: Explanation, *, max_rows: int = 16, width: int = 160) -> str:
+def explanation_html(exp: ExplanationLike, *, max_rows: int = 16, width: int = 160) -> str:
     """A small HTML table for ``Explanation._repr_html_``: per sample the input, the heatmap overlay,
     the target label and its score; the method, its parameters and the heatmap steps above it.
 
@@ -165,7 +185,7 @@ def _given_images(images: Any, n: int, idx: list[int], one: bool, mean: Sequence
     return [_to_rgb(images[j], f"images[{j}]", mean, std) for j in idx]
 
 
-def _pictures(exp: Explanation, idx: list[int], one: bool, images: Any, mean: Sequence[float] | None,
+def _pictures(exp: ExplanationLike, idx: list[int], one: bool, images: Any, mean: Sequence[float] | None,
               std: Sequence[float] | None) -> list[np.ndarray] | None:
     """The pictures under the heatmaps: the user's ``images``, else the inputs, else None."""
     if images is not None:
@@ -180,7 +200,7 @@ def _pictures(exp: Explanation, idx: list[int], one: bool, images: Any, mean: Se
     return list(tensor_to_image(x[idx], mean, std))
 
 
-def _compose(exp: Explanation, idx: list[int], one: bool, *, size: int | Sequence[int] | None, cmap: str | None,
+def _compose(exp: ExplanationLike, idx: list[int], one: bool, *, size: int | Sequence[int] | None, cmap: str | None,
              alpha: float, images: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
              overrides: dict[str, Any]) -> tuple[list[np.ndarray] | None, list[np.ndarray], bool]:
     """(pictures or None, overlays, signed) for the samples ``idx``; without pictures the overlays are the
@@ -208,7 +228,7 @@ def _compose(exp: Explanation, idx: list[int], one: bool, *, size: int | Sequenc
     return pics, out, signed
 
 
-def explanation_overlays(exp: Explanation, i: int | Sequence[int] | None = None, *,
+def explanation_overlays(exp: ExplanationLike, i: int | Sequence[int] | None = None, *,
                          size: int | tuple[int, int] | None = None, cmap: str | None = None, alpha: float = 0.5,
                          images: Any = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                          **heatmap_overrides: Any) -> np.ndarray:
@@ -263,7 +283,7 @@ def _save_paths(path: str | os.PathLike, method: str, n: int) -> list[Path]:
     return [p.with_name(f"{stem}-{j}.png") for j in range(n)]
 
 
-def save_explanation(exp: Explanation, path: str | os.PathLike, *, size: int | tuple[int, int] | None = None,
+def save_explanation(exp: ExplanationLike, path: str | os.PathLike, *, size: int | tuple[int, int] | None = None,
                      cmap: str | None = None, alpha: float = 0.5, images: Any = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      **heatmap_overrides: Any) -> list[Path]:
@@ -336,7 +356,7 @@ def _present(fig: Figure, block: bool | None) -> None:
         plt.show(block=block)  # a script with a window backend
 
 
-def _caption(exp: Explanation, j: int) -> str:
+def _caption(exp: ExplanationLike, j: int) -> str:
     label = exp.label(j)
     label = label if len(label) <= 32 else label[:29] + "..."
     scores = exp.scores
@@ -345,7 +365,7 @@ def _caption(exp: Explanation, j: int) -> str:
     return label
 
 
-def explanation_figure(exp: Explanation, i: int | Sequence[int] | None = None, *, cols: int = 2,
+def explanation_figure(exp: ExplanationLike, i: int | Sequence[int] | None = None, *, cols: int = 2,
                        max_images: int = 16, size: int | tuple[int, int] | None = None, cmap: str | None = None,
                        alpha: float = 0.5, images: Any = None, mean: Sequence[float] | None = None,
                        std: Sequence[float] | None = None, figsize: tuple[float, float] | None = None,

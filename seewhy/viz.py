@@ -12,10 +12,8 @@ import base64
 import difflib
 import io
 import os
-import uuid
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from .fileio import atomic_write
 from .images import to_pil
 
 if TYPE_CHECKING:
@@ -374,19 +373,8 @@ def data_uri(image: np.ndarray) -> str:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a PNG atomically: a temporary file in the same folder, then ``os.replace``.
-
-    Readers never see a half-written file; the folder must exist.
-    """
+    """Write a PNG atomically (:func:`seewhy.fileio.atomic_write`): readers never see a half-written file; the
+    folder must exist."""
     data = png_bytes(image)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open applies the umask (unlike mkstemp's 0600), so the file gets ordinary permissions
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)

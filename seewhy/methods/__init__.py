@@ -70,4 +70,5 @@ from .lrp import LRP, Composite, MergeBatchNorm, ledger_table  # noqa: E402
 
 __all__ += ["Composite", "LRP", "MergeBatchNorm", "ledger_table"]
 
+from .controls import EdgeDetector, RandomAttribution  # noqa: E402,F401  (registers the controls)
 from .protopnet import ProtoPNetSimilarity  # noqa: E402,F401  (registers "protopnet")

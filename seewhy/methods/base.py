@@ -26,6 +26,19 @@ RowAttribution = Callable[[Tensor, Tensor], Tensor]
 """``attribute(rows, sample) -> (n, ...)``: attributions of the rows, scored for the targets of their samples."""
 
 
+def evaluations_per_image(method: object) -> float:
+    """Model evaluations one call of ``method`` costs per image (from :meth:`~seewhy.core.Method.cost`; 1 for a
+    plain callable or a cost that depends on the channel count): how many copies a wrapper hands it at once."""
+    cost = method.cost() if isinstance(method, Method) else None
+    return max(1.0, (cost.evaluations() if cost is not None else None) or 1.0)
+
+
+def copies_per_call(method: object, like: Tensor) -> int:
+    """Copies of an input (noisy, perturbed) that a wrapper (SmoothGrad, the sensitivity metrics) gives one call of
+    ``method`` by default: the forward+backward memory budget over the method's evaluations per image, at least 1."""
+    return max(1, int(engine.default_batch_size(like, backward=True) // evaluations_per_image(method)))
+
+
 @dataclass
 class BatchedMethod(Method):
     """A method evaluated on expanded inputs, ``batch_size`` rows per model call (results do not depend on it)."""

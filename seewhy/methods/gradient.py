@@ -21,7 +21,7 @@ from ..core import METHODS, Call, Cost, Method, get_method, register
 from ..engine import gaussian_blur  # noqa: F401  (re-exported)
 from ..hooks import rectifier_backward
 from ..targets import Target
-from .base import BatchedMethod
+from .base import BatchedMethod, evaluations_per_image
 
 
 def input_gradient(model: nn.Module, x: Tensor, target: Target, call: Call | None = None) -> Tensor:
@@ -245,9 +245,9 @@ class SmoothGrad(BatchedMethod):
             one = Call(target.take(s))
             return base.attribute(model, rows, one)
 
-        evaluations = base.cost().evaluations()
         total, sq = self.accumulate(inputs, self.n_samples, noisy, attribute, squares=self.variant != "smoothgrad",
-                                    rows_cost=evaluations or 1.0, desc=f"smoothgrad({self.base})", unit="samples")
+                                    rows_cost=evaluations_per_image(base), desc=f"smoothgrad({self.base})",
+                                    unit="samples")
         mean = total / self.n_samples
         if self.variant == "smoothgrad":
             return mean

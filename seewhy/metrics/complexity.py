@@ -15,26 +15,18 @@ from torch import Tensor, nn
 
 from ..core import check_inputs
 from ..targets import TargetSpec
-from .faithfulness import _pixel_map
+from .common import pixel_map
 from .registry import register_metric
 
 
 def _magnitudes(inputs: Tensor, attributions: Tensor, at_input_size: bool) -> Tensor:
     """(B, n) float64 |map| values."""
-    return _pixel_map(attributions, check_inputs(inputs), upsample=at_input_size).flatten(1).abs().double()
+    return pixel_map(attributions, check_inputs(inputs), upsample=at_input_size).flatten(1).abs().double()
 
 
 @register_metric("sparseness", family="complexity", higher_is_better=True)
-def sparseness(
-    model: nn.Module | None,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetSpec = None,
-    *,
-    at_input_size: bool = True,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
+def sparseness(model: nn.Module | None, inputs: Tensor, attributions: Tensor, target: TargetSpec = None, *,
+               at_input_size: bool = True, batch_size: int | None = None, seed: int | None = None) -> Tensor:
     """Sparseness (Chalasani et al. 2020): the Gini index of |map|; 0 for a uniform map, (n-1)/n for a single pixel.
 
     G = sum_i (2i - n - 1) a_(i) / (n sum_i a_(i)), a_(1) <= ... <= a_(n) the sorted |values|. NaN for an all-zero map.
@@ -51,17 +43,9 @@ def sparseness(
 
 
 @register_metric("entropy_complexity", family="complexity", higher_is_better=False)
-def entropy_complexity(
-    model: nn.Module | None,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetSpec = None,
-    *,
-    normalized: bool = False,
-    at_input_size: bool = True,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
+def entropy_complexity(model: nn.Module | None, inputs: Tensor, attributions: Tensor, target: TargetSpec = None, *,
+                       normalized: bool = False, at_input_size: bool = True, batch_size: int | None = None,
+                       seed: int | None = None) -> Tensor:
     """Complexity (Bhatt et al. 2020): the entropy of the attribution distribution p_i = |a_i| / sum_j |a_j|.
 
     H = -sum_i p_i ln p_i (0 ln 0 = 0), in [0, ln n]: 0 for a single pixel, ln n for a uniform map; ``normalized``

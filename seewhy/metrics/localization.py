@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from ..core import check_inputs
 from ..images import resize_crop
 from ..targets import TargetSpec
-from .faithfulness import _pixel_map, _ranks
-from .registry import register_metric
+from .common import pixel_map, ranks
+from .registry import preset, register_metric
 
 Box = Sequence[float]
 Size = int | tuple[int, int]
@@ -53,7 +53,7 @@ def _check_masks(mask: Tensor, inputs: Tensor) -> Tensor:
 
 def _setup(inputs: Tensor, attributions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     inputs = check_inputs(inputs)
-    return _pixel_map(attributions, inputs), _check_masks(mask, inputs), inputs
+    return pixel_map(attributions, inputs), _check_masks(mask, inputs), inputs
 
 
 def _signed(pmap: Tensor, sign: str) -> Tensor:
@@ -120,86 +120,50 @@ def pointing_accuracy(hits: Tensor, classes: Tensor | Sequence[int] | None = Non
     return float(torch.stack(accs).mean()) if accs else _NAN
 
 
-@register_metric("energy_pointing_game", family="localization", higher_is_better=True, needs=("mask",))
-def energy_pointing_game(
-    model: nn.Module | None,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetSpec = None,
-    *,
-    mask: Tensor,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
-    """Energy-based pointing game (Wang et al. 2020, Score-CAM): share of the positive energy inside the mask/box.
-
-    E = sum_{p in mask} max(L_p, 0) / sum_p max(L_p, 0), in [0, 1]; NaN for an empty mask or a map with no positive
-    value.
-
-    Returns:
-        (B,) proportions.
-    """
-    pmap, masks, _ = _setup(inputs, attributions, mask)
-    pos = pmap.clamp(min=0).flatten(1).double()
-    inside, total = (pos * masks.flatten(1)).sum(1), pos.sum(1)
-    ok = masks.flatten(1).any(1) & (total > 0)
-    return torch.where(ok, inside / total.clamp(min=1e-300), _NAN).to(pmap.dtype)
+_MASS = "Relevance mass accuracy (Arras et al. 2022, CLEVR-XAI): R_within / R_total."
+_RANK = "Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI): |top-K pixels of R in the mask| / K, K = |mask|."
+_ENERGY = ("Energy-based pointing game (Wang et al. 2020, Score-CAM): share of the positive energy inside the "
+           "mask/box, sum_{p in mask} max(L_p, 0) / sum_p max(L_p, 0).")
 
 
-@register_metric("relevance_mass_accuracy", family="localization", higher_is_better=True, needs=("mask",))
-def relevance_mass_accuracy(
-    model: nn.Module | None,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetSpec = None,
-    *,
-    mask: Tensor,
-    sign: str = "positive",
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
-    """Relevance mass accuracy (Arras et al. 2022, CLEVR-XAI): R_within / R_total.
+@register_metric("relevance_mass_accuracy", family="localization", higher_is_better=True, needs=("mask",),
+                 params={"measure": "mass"}, summary=_MASS)
+@register_metric("relevance_rank_accuracy", family="localization", higher_is_better=True, needs=("mask",),
+                 params={"measure": "rank"}, summary=_RANK)
+@register_metric("energy_pointing_game", family="localization", higher_is_better=True, needs=("mask",),
+                 params={"measure": "mass", "sign": "positive"}, summary=_ENERGY)
+def relevance_accuracy(model: nn.Module | None, inputs: Tensor, attributions: Tensor, target: TargetSpec = None, *,
+                       mask: Tensor, measure: str = "mass", sign: str = "positive", batch_size: int | None = None,
+                       seed: int | None = None) -> Tensor:
+    """Relevance mass or rank accuracy (Arras et al. 2022, CLEVR-XAI): how much of the relevance R is on the object?
 
     R is the channel-summed map with ``sign`` applied: "positive" (negative relevance set to 0, so the score is in
-    [0, 1]), "abs" or "all" (raw; negative relevance can push the score outside [0, 1], as in Quantus). NaN for an
-    empty mask or R_total = 0.
+    [0, 1]), "abs" or "all" (raw; negative relevance can push the mass outside [0, 1], as in Quantus).
+    ``measure="mass"``: R_within / R_total (NaN for R_total = 0; with "positive" this is the energy-based pointing
+    game of Wang et al. 2020). ``measure="rank"``: |top-K pixels of R in the mask| / K with K = |mask|, ties in raster
+    order. NaN for an empty mask. Registered as ``relevance_mass_accuracy``, ``relevance_rank_accuracy`` and
+    ``energy_pointing_game``.
 
     Returns:
-        (B,) mass accuracies.
+        (B,) accuracies.
     """
+    if measure not in ("mass", "rank"):
+        raise ValueError(f"unknown measure {measure!r}; use 'mass' or 'rank'")
     pmap, masks, _ = _setup(inputs, attributions, mask)
-    r = _signed(pmap, sign).flatten(1).double()
-    inside, total = (r * masks.flatten(1)).sum(1), r.sum(1)
-    ok = masks.flatten(1).any(1) & (total != 0)
+    r, flat = _signed(pmap, sign), masks.flatten(1)
+    if measure == "rank":
+        k = flat.sum(1)
+        hits = ((ranks(r).flatten(1) < k[:, None]) & flat).sum(1).double()
+        return torch.where(k > 0, hits / k.clamp(min=1), _NAN).to(pmap.dtype)
+    r = r.flatten(1).double()
+    inside, total = (r * flat).sum(1), r.sum(1)
+    ok = flat.any(1) & (total != 0)
     return torch.where(ok, inside / torch.where(total != 0, total, 1.0), _NAN).to(pmap.dtype)
 
 
-@register_metric("relevance_rank_accuracy", family="localization", higher_is_better=True, needs=("mask",))
-def relevance_rank_accuracy(
-    model: nn.Module | None,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetSpec = None,
-    *,
-    mask: Tensor,
-    sign: str = "positive",
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
-    """Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI): |top-K pixels of R ∩ mask| / K with K = |mask|.
-
-    R as in :func:`relevance_mass_accuracy` (``sign``); ties in the ranking go in raster order. NaN for an empty mask.
-
-    Returns:
-        (B,) rank accuracies in [0, 1].
-    """
-    pmap, masks, _ = _setup(inputs, attributions, mask)
-    ranks = _ranks(_signed(pmap, sign)).flatten(1)
-    flat = masks.flatten(1)
-    k = flat.sum(1)
-    top = ranks < k[:, None]
-    hits = (top & flat).sum(1).double()
-    return torch.where(k > 0, hits / k.clamp(min=1), _NAN).to(pmap.dtype)
+relevance_mass_accuracy = preset("relevance_mass_accuracy")
+relevance_rank_accuracy = preset("relevance_rank_accuracy")
+energy_pointing_game = preset("energy_pointing_game")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ prediction) and stays fixed for every randomized model.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import math
@@ -28,56 +29,22 @@ import torch
 from torch import Tensor, nn
 
 from .. import postprocess
-from ..core import Method, check_inputs, get_method, seeded
+from ..core import check_inputs
 from ..hooks import model_state
 from ..layers import resolve_layer
+from ..methods.controls import image_seeds
 from ..progress import progress
 from ..targets import TargetSpec, make_target
-from .controls import image_seeds
-from .registry import register_metric
+from .common import Explainer, explainer, need_method, run_explainer
+from .registry import MetricResult, register_metric
 from .similarity import MEASURES, compare_maps
 
 log = logging.getLogger(__name__)
 
-Explainer = str | Method | Callable[[nn.Module, Tensor, TargetSpec], Tensor]
 LayerGroups = Sequence[str | nn.Module | Sequence[str | nn.Module]]
 
 
-# --- the explanation method -----------------------------------------------------------------------------------------
-
-
-def _explainer(method: Explainer, params: dict[str, Any] | None,
-               seed: int | None = None) -> tuple[Callable, str, dict[str, Any]]:
-    """(callable, name, heatmap convention) for a registered name, a Method or a callable. A registered method that
-    draws random numbers gets the metric's ``seed`` unless ``params`` sets its own, so the metric is reproducible."""
-    params = dict(params or {})
-    if isinstance(method, str):
-        m = get_method(method, **seeded(method, params, seed))
-        return m, m.name, dict(m.heatmap_convention)
-    if params:
-        raise ValueError(
-            f"method_params {sorted(params)} only go with a registered method name; configure the "
-            "Method object (or your callable) instead"
-        )
-    if isinstance(method, Method):
-        return method, method.name, dict(method.heatmap_convention)
-    if callable(method):
-        return method, getattr(method, "__name__", type(method).__name__), {}
-    raise TypeError(
-        f"method must be a registered method name, a seewhy Method or a callable (model, inputs, target) -> "
-        f"attributions; got {type(method).__name__}"
-    )
-
-
-def _run(explain: Callable, model: nn.Module, inputs: Tensor, target: TargetSpec) -> Tensor:
-    # eval mode and frozen parameters, as explain() runs a model: a callable cannot update BatchNorm statistics or
-    # leave .grad behind, and every .training flag and requires_grad comes back as it was
-    with model_state(model):
-        attr = explain(model, inputs, target)
-    if not isinstance(attr, Tensor) or attr.ndim != 4 or attr.shape[0] != inputs.shape[0]:
-        shape = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
-        raise ValueError(f"the explanation method returned {shape}; expected ({inputs.shape[0]}, C, H, W)")
-    return attr.detach()
+# --- targets, maps and measures -------------------------------------------------------------------------------------
 
 
 def _resolve_target(model: nn.Module, inputs: Tensor, target: TargetSpec) -> tuple[TargetSpec, Tensor | None, Tensor]:
@@ -283,6 +250,10 @@ class RandomizationResult:
         }
 
 
+#: how the similarities are computed, for the protocol
+_SSIM = {"gaussian_weights": True, "data_range": 1.0, "maps": "grayscale (min to percentile -> [0, 1])"}
+
+
 def parameter_randomization(
     model: nn.Module,
     inputs: Tensor,
@@ -332,78 +303,83 @@ def parameter_randomization(
     Returns:
         :class:`RandomizationResult` (scores (L, B) per measure; lower = the method depends on the parameters).
     """
+    _check_settings(model, mode, init, seed, measures)
+    inputs = check_inputs(inputs)
+    explain, name, convention = explainer(method, method_params, seed)
+    steps = randomization_steps(model, layers, group)
+    with torch.inference_mode(False):  # the copies must hold normal tensors even inside inference_mode
+        base = _copy(model)
+        spec, indices, _ = _resolve_target(base, inputs, target)
+        original = _check_original(attributions, inputs)
+        if original is None:
+            original = run_explainer(explain, base, inputs, spec)
+        cmp_size = _compare_size(size, inputs)
+        ppc = _hog_cell(measures, cmp_size or tuple(original.shape[-2:]), hog_pixels_per_cell)
+
+        def compare(attr: Tensor) -> dict[str, Tensor]:
+            if cmp_size is None and attr.shape[1:] != original.shape[1:]:
+                raise ValueError(f"the maps changed shape from {tuple(original.shape)} to {tuple(attr.shape)}")
+            return compare_maps(original, attr, measures, size=cmp_size, percentile=percentile, hog_pixels_per_cell=ppc)
+
+        randomize = functools.partial(_randomize, seed=seed, init=init, reset_buffers=reset_buffers)
+        maps, scores = _randomized_maps(base, inputs, spec, explain, steps, mode, randomize, compare, keep_maps)
+    protocol = {"mode": mode, "init": init, "reset_buffers": reset_buffers, "seed": seed,
+                "group": group if layers is None else "custom", "measures": list(measures),
+                "size": list(cmp_size) if cmp_size else None, "percentile": percentile, "hog_pixels_per_cell": ppc,
+                "ssim": dict(_SSIM), "target": "given" if target is not None else "trained model's prediction",
+                "input_size": list(inputs.shape[-2:])}
+    return RandomizationResult(mode=mode, method=name, layers=tuple(label for label, _ in steps),
+                               modules=tuple(names for _, names in steps), original=original, maps=tuple(maps),
+                               scores=scores, targets=indices, protocol=protocol, heatmap_convention=convention)
+
+
+def _check_settings(model: nn.Module, mode: str, init: str, seed: int, measures: Sequence[str]) -> None:
     if mode not in ("cascading", "independent"):
         raise ValueError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
     if init not in ("reset", "normal"):
         raise ValueError(f"unknown init {init!r}; use 'reset' or 'normal'")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    _check_seed_and_measures(seed, measures)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_seed_and_measures(seed: int, measures: Sequence[str]) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ValueError(f"unknown similarity measure(s) {unknown or measures}; use some of {', '.join(MEASURES)}")
-    inputs = check_inputs(inputs)
-    explain, name, convention = _explainer(method, method_params, seed)
-    steps = randomization_steps(model, layers, group)
-    with torch.inference_mode(False):  # the copies must hold normal tensors even inside inference_mode
-        try:
-            base = copy.deepcopy(model)
-        except Exception as err:
-            raise TypeError(
-                f"the model cannot be copied with copy.deepcopy ({err}); randomization needs a copy"
-            ) from err
-        spec, indices, _ = _resolve_target(base, inputs, target)
-        original = _check_original(attributions, inputs)
-        if original is None:
-            original = _run(explain, base, inputs, spec)
-        cmp_size = _compare_size(size, inputs)
-        ppc = _hog_cell(measures, cmp_size or tuple(original.shape[-2:]), hog_pixels_per_cell)
-        kw = {"size": cmp_size, "percentile": percentile, "hog_pixels_per_cell": ppc}
 
-        maps: list[Tensor] = []
-        scores: dict[str, list[Tensor]] = {m: [] for m in measures}
-        work = base if mode == "cascading" else None
-        with progress(len(steps), f"{mode} randomization", "layers") as bar:
-            for label, names in steps:
-                bar.set_postfix(str(label))
-                if mode == "independent":
-                    work = copy.deepcopy(base)
-                _randomize(work, names, seed, init, reset_buffers)
-                attr = _run(explain, work, inputs, spec)
-                if attr.shape[1:] != original.shape[1:] and cmp_size is None:
-                    raise ValueError(f"the maps changed shape from {tuple(original.shape)} to {tuple(attr.shape)}")
-                for m, s in compare_maps(original, attr, measures, **kw).items():
-                    scores[m].append(s)
-                if keep_maps:
-                    maps.append(attr)
-                bar.update()
-    protocol = {
-        "mode": mode,
-        "init": init,
-        "reset_buffers": reset_buffers,
-        "seed": seed,
-        "group": group if layers is None else "custom",
-        "measures": list(measures),
-        "size": list(cmp_size) if cmp_size else None,
-        "percentile": percentile,
-        "hog_pixels_per_cell": ppc,
-        "ssim": {"gaussian_weights": True, "data_range": 1.0, "maps": "grayscale (min to percentile -> [0, 1])"},
-        "target": "given" if target is not None else "trained model's prediction",
-        "input_size": list(inputs.shape[-2:]),
-    }
-    return RandomizationResult(
-        mode=mode,
-        method=name,
-        layers=tuple(label for label, _ in steps),
-        modules=tuple(names for _, names in steps),
-        original=original,
-        maps=tuple(maps),
-        scores={m: torch.stack(v) for m, v in scores.items()},
-        targets=indices,
-        protocol=protocol,
-        heatmap_convention=convention,
-    )
+
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as err:
+        raise TypeError(f"the model cannot be copied with copy.deepcopy ({err}); randomization needs a copy") from err
+
+
+def _randomized_maps(
+    base: nn.Module, inputs: Tensor, target: TargetSpec, explain: Callable, steps: list[tuple[str, tuple[str, ...]]],
+    mode: str, randomize: Callable, compare: Callable, keep_maps: bool,
+) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """Each step's maps (when ``keep_maps``) and {measure: (L, B) similarity to the original map}: ``base`` (a copy)
+    randomized cumulatively (cascading) or a fresh copy of it per step (independent)."""
+    maps: list[Tensor] = []
+    scores: dict[str, list[Tensor]] = {}
+    work = base
+    with progress(len(steps), f"{mode} randomization", "layers") as bar:
+        for label, names in steps:
+            bar.set_postfix(str(label))
+            if mode == "independent":
+                work = copy.deepcopy(base)
+            randomize(work, names)
+            attr = run_explainer(explain, work, inputs, target)
+            for m, s in compare(attr).items():
+                scores.setdefault(m, []).append(s)
+            if keep_maps:
+                maps.append(attr)
+            bar.update()
+    return maps, {m: torch.stack(v) for m, v in scores.items()}
 
 
 def cascading_randomization(
@@ -470,7 +446,7 @@ def random_logit_test(
     class, c' drawn uniformly from the other classes.
 
     c' is drawn per image from a generator seeded by ``seed`` and a hash of the image
-    (:func:`~seewhy.metrics.controls.image_seeds`), so it does not depend on the batch. SSIM is computed on the
+    (:func:`~seewhy.methods.controls.image_seeds`), so it does not depend on the batch. SSIM is computed on the
     2-D maps (Quantus flattens them to 1-D).
 
     Args:
@@ -482,13 +458,9 @@ def random_logit_test(
     Returns:
         :class:`RandomLogitResult`.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown or not measures:
-        raise ValueError(f"unknown similarity measure(s) {unknown or measures}; use some of {', '.join(MEASURES)}")
+    _check_seed_and_measures(seed, measures)
     inputs = check_inputs(inputs)
-    explain, name, convention = _explainer(method, method_params, seed)
+    explain, name, convention = explainer(method, method_params, seed)
     spec, indices, out = _resolve_target(model, inputs, target)
     if indices is None:
         raise TypeError("the random-logit test needs class targets (int, list of ints, 'top1'), not a callable")
@@ -503,8 +475,8 @@ def random_logit_test(
     others = (indices + 1 + torch.tensor(draws, dtype=torch.long, device=indices.device)) % k
     original = _check_original(attributions, inputs)
     if original is None:
-        original = _run(explain, model, inputs, spec)
-    other_maps = _run(explain, model, inputs, others.clone())
+        original = run_explainer(explain, model, inputs, spec)
+    other_maps = run_explainer(explain, model, inputs, others.clone())
     cmp_size = _compare_size(size, inputs)
     ppc = _hog_cell(measures, cmp_size or tuple(original.shape[-2:]), hog_pixels_per_cell)
     scores = compare_maps(original, other_maps, measures, size=cmp_size, percentile=percentile, hog_pixels_per_cell=ppc)
@@ -523,20 +495,14 @@ def random_logit_test(
 # --- registered metrics ---------------------------------------------------------------------------------------------
 
 
-def _need_method(method: Explainer | None, metric: str) -> Explainer:
-    if method is None:
-        raise ValueError(f"{metric} re-runs the explanation method: pass method= (a name, a Method or a callable)")
-    return method
+def _randomization_cost(params: dict[str, Any]) -> int:
+    """Explanation calls per image: one per randomization step (counted on ``params["model"]`` when given)."""
+    if params.get("model") is None:
+        return int(params.get("n_steps", 1))
+    return len(randomization_steps(params["model"], params.get("layers"), params.get("group", "layer")))
 
 
-@register_metric(
-    "model_randomization",
-    family="sanity",
-    higher_is_better=False,
-    needs=("method",),
-    cost=lambda params: int(params.get("n_steps", 1)),
-)
-def model_randomization(
+def model_randomization_result(
     model: nn.Module,
     inputs: Tensor,
     attributions: Tensor | None,
@@ -545,55 +511,54 @@ def model_randomization(
     method: Explainer | None = None,
     mode: str = "cascading",
     measure: str = "spearman_abs",
+    measures: Sequence[str] = (),
     seed: int | None = 0,
+    keep_maps: bool = True,
     **kwargs: Any,
-) -> Tensor:
-    """Model-parameter randomization score (Adebayo et al. 2018): mean over the randomization steps of the
-    similarity to the trained model's map, s = mean_k sim(E(f_theta, x), E(f_theta_k, x)); (B,), lower = better.
-
-    ``attributions`` (the method's maps on the trained model) are used as the reference when given. The steps'
-    similarities alone are averaged (not the trained model's self-similarity). ``cost``: explanation calls per
-    image, ``n_steps`` = ``len(randomization_steps(model))``. ``seed=None`` means 0 (the check stays
-    reproducible). Other keywords go to :func:`parameter_randomization`.
-    """
+) -> MetricResult:
+    """:func:`model_randomization` with its record: ``details`` is the :class:`RandomizationResult` (the maps of
+    every step with ``keep_maps``, the similarities by every one of ``measure`` and ``measures``)."""
     result = parameter_randomization(
         model,
         inputs,
-        _need_method(method, "model_randomization"),
+        need_method(method, "model_randomization"),
         target,
         mode=mode,
-        measures=(measure,),
+        measures=tuple(dict.fromkeys((measure, *measures))),
         seed=0 if seed is None else seed,
         attributions=attributions,
-        keep_maps=False,
+        keep_maps=keep_maps,
         **kwargs,
     )
-    return result.mean(measure)
+    return MetricResult(result.mean(measure), protocol={"measure": measure, **result.protocol}, details=result)
 
 
-@register_metric("random_logit", family="sanity", higher_is_better=False, needs=("method",), cost=lambda params: 1)
-def random_logit(
-    model: nn.Module,
-    inputs: Tensor,
-    attributions: Tensor | None,
-    target: TargetSpec = None,
-    *,
-    method: Explainer | None = None,
-    measure: str = "ssim",
-    seed: int | None = 0,
-    **kwargs: Any,
-) -> Tensor:
+@register_metric("model_randomization", family="sanity", higher_is_better=False, needs=("method",),
+                 cost=_randomization_cost, per_batch=True, forwards=parameter_randomization,
+                 detailed=model_randomization_result)
+def model_randomization(model: nn.Module, inputs: Tensor, attributions: Tensor | None, target: TargetSpec = None, *,
+                        method: Explainer | None = None, mode: str = "cascading", measure: str = "spearman_abs",
+                        seed: int | None = 0, **kwargs: Any) -> Tensor:
+    """Model-parameter randomization score (Adebayo et al. 2018): mean over the randomization steps of the
+    similarity to the trained model's map, s = mean_k sim(E(f_theta, x), E(f_theta_k, x)); (B,), lower = better.
+
+    ``mode``: "cascading" or "independent"; ``measure``: one of :data:`~seewhy.metrics.similarity.MEASURES`.
+    ``attributions`` (the method's maps on the trained model) are used as the reference when given. The steps'
+    similarities alone are averaged (not the trained model's self-similarity). ``cost``: explanation calls per
+    image, one per step of :func:`randomization_steps`. ``seed`` (default 0; None means 0,
+    the check stays reproducible). Other keywords go to :func:`parameter_randomization`.
+    """
+    return model_randomization_result(model, inputs, attributions, target, method=method, mode=mode, measure=measure,
+                                      seed=seed, keep_maps=False, **kwargs).scores
+
+
+@register_metric("random_logit", family="sanity", higher_is_better=False, needs=("method",), cost=lambda params: 1,
+                 per_batch=True, forwards=random_logit_test)
+def random_logit(model: nn.Module, inputs: Tensor, attributions: Tensor | None, target: TargetSpec = None, *,
+                 method: Explainer | None = None, measure: str = "ssim", seed: int | None = 0, **kwargs: Any) -> Tensor:
     """Random-logit score (Sixt et al. 2020): s = sim(E_c(x), E_c'(x)) for a random other class c'; (B,),
     lower = better (the map depends on the class). SSIM by default (as Quantus); ``cost``: one more explanation
     call per image; ``seed=None`` means 0. Other keywords go to :func:`random_logit_test`."""
-    result = random_logit_test(
-        model,
-        inputs,
-        _need_method(method, "random_logit"),
-        target,
-        measures=(measure,),
-        seed=0 if seed is None else seed,
-        attributions=attributions,
-        **kwargs,
-    )
+    result = random_logit_test(model, inputs, need_method(method, "random_logit"), target, measures=(measure,),
+                               seed=0 if seed is None else seed, attributions=attributions, **kwargs)
     return result.scores[measure]

@@ -36,36 +36,58 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import images, zoo
+from .. import command, images, zoo
 from ..argtypes import count, fraction, positive_int
 from ..argtypes import device as _device
-from ..report import prepare_out_dir
+from ..command import EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from ..inputs import load_inputs
+from ..report_files import prepare_out_dir
+from .train import TrainConfig
 
 log = logging.getLogger("seewhy")
 
 __all__ = ["EXIT_NOTHING", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "add_parser", "main", "run"]
 
 EXPLAIN_BATCH = 32  # images per forward in ``seewhy protopnet explain``
-# Exit codes: the values of seewhy.cli's (defined here too: seewhy.cli imports this module while building its parser)
-EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+#: the schedule and optimiser options of ``train``: (flag, TrainConfig field, type, metavar, help); the defaults
+#: are TrainConfig's
+_TRAIN_OPTIONS: tuple[tuple[str, str, Any, str, str], ...] = (
+    ("--epochs", "epochs", positive_int, "N", "warm-up + joint epochs"),
+    ("--warm-epochs", "warm_epochs", count, "N",
+     "first epochs training only the add-on layers and prototypes"),
+    ("--push-start", "push_start", count, "N", "first epoch followed by a push and last-layer epochs"),
+    ("--push-every", "push_every", positive_int, "N", "epochs between pushes; the last epoch is always pushed"),
+    ("--last-layer-epochs", "last_layer_epochs", count, "N", "last-layer epochs after each push"),
+    ("--batch-size", "batch_size", positive_int, "N", "training images per step"),
+    ("--lr-features", "lr_features", float, "LR", "learning rate of the backbone in joint epochs"),
+    ("--lr-add-on", "lr_add_on", float, "LR", "learning rate of the add-on layers in joint epochs"),
+    ("--lr-prototypes", "lr_prototypes", float, "LR", "learning rate of the prototypes in joint epochs"),
+    ("--lr-last-layer", "lr_last_layer", float, "LR", "learning rate of the last layer after a push"),
+    ("--seed", "seed", int, "N", "seed of the split, initialisation, shuffling and augmentation"),
+)
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``protopnet {train,explain,prototypes}`` to ``subparsers`` (from ``parser.add_subparsers()``);
     ``common`` is a parent parser for shared options (``-v``/``-q``). Sets ``func=run``."""
-    from .model import AUTO, BACKBONES, SMALL_IMAGE_SIDE
-
     parents = [common] if common is not None else []
     top = subparsers.add_parser(
         "protopnet", help="interpretable prototype networks: train, explain, prototypes",
         description="ProtoPNet (Chen et al., NeurIPS 2019): a classifier that explains itself with "
                     "'this part looks like that prototypical part of a training image'.")
     sub = top.add_subparsers(dest="protopnet_command", metavar="COMMAND", required=True)
-
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: %(default)s)")
+    _add_train(sub, [*parents, device])
+    _add_reports(sub, [*parents, device])
+    top.set_defaults(func=run)
+    return top
 
-    p = sub.add_parser("train", parents=[*parents, device], help="train a ProtoPNet on an image folder",
+
+def _add_train(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    from .model import AUTO, BACKBONES, SMALL_IMAGE_SIDE
+
+    p = sub.add_parser("train", parents=parents, help="train a ProtoPNet on an image folder",
                        description="Train a ProtoPNet on DATA_DIR (one sub-folder of images per class). A "
                                    "validation split chooses the best checkpoint; the run can be resumed. The "
                                    "backbone, input size, parameter count and an estimate of the time are logged "
@@ -90,28 +112,9 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
                    help="channels of the add-on layers and of each prototype (default: %(default)s)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                    help="fraction of each class held out for validation (default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=30, metavar="N",
-                   help="warm-up + joint epochs (default: %(default)s)")
-    p.add_argument("--warm-epochs", type=count, default=5, metavar="N",
-                   help="first epochs training only the add-on layers and prototypes (default: %(default)s)")
-    p.add_argument("--push-start", type=count, default=10, metavar="N",
-                   help="first epoch followed by a push and last-layer epochs (default: %(default)s)")
-    p.add_argument("--push-every", type=positive_int, default=10, metavar="N",
-                   help="epochs between pushes; the last epoch is always pushed (default: %(default)s)")
-    p.add_argument("--last-layer-epochs", type=count, default=20, metavar="N",
-                   help="last-layer epochs after each push (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=80, metavar="N",
-                   help="training images per step (default: %(default)s)")
-    p.add_argument("--lr-features", type=float, default=1e-4, metavar="LR",
-                   help="learning rate of the backbone in joint epochs (default: %(default)s)")
-    p.add_argument("--lr-add-on", type=float, default=3e-3, metavar="LR",
-                   help="learning rate of the add-on layers in joint epochs (default: %(default)s)")
-    p.add_argument("--lr-prototypes", type=float, default=3e-3, metavar="LR",
-                   help="learning rate of the prototypes in joint epochs (default: %(default)s)")
-    p.add_argument("--lr-last-layer", type=float, default=1e-4, metavar="LR",
-                   help="learning rate of the last layer after a push (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="seed of the split, initialisation, shuffling and augmentation (default: %(default)s)")
+    for flag, field, kind, metavar, what in _TRAIN_OPTIONS:
+        p.add_argument(flag, type=kind, default=getattr(TrainConfig, field), metavar=metavar,
+                       help=f"{what} (default: %(default)s)")
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--no-augment", action="store_true",
                      help="no augmentation (default: off: random flips, rotations up to 15 deg, shears up to 10 deg)")
@@ -122,21 +125,13 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
                        help="continue the run in RUN_DIR with its saved settings and backbone (default: off)")
     again.add_argument("--overwrite", action="store_true", help="start over in a non-empty RUN_DIR (default: off)")
 
-    def report_options(q: argparse.ArgumentParser) -> None:
-        q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `seewhy protopnet train`")
-        q.add_argument("--out", required=True, metavar="DIR", help="output folder for the report (required)")
-        q.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                       help="best (on validation) or last (default: %(default)s)")
-        q.add_argument("--data", metavar="DATA_DIR",
-                       help="the training image folder, if it moved since training (default: the folder recorded "
-                            "in the run)")
-        q.add_argument("--overwrite", action="store_true",
-                       help="write into a non-empty output folder (default: off)")
 
-    q = sub.add_parser("explain", parents=[*parents, device], help="explain images with a trained ProtoPNet",
+def _add_reports(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``explain`` and ``prototypes``: a run, an output folder, and what each shows."""
+    q = sub.add_parser("explain", parents=parents, help="explain images with a trained ProtoPNet",
                        description="Explain images: the prototypes that gave each class its points. Exit code 3 "
                                    "when the report was written but some images could not be used.")
-    report_options(q)
+    _report_options(q)
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     q.add_argument("--target", default="top1", metavar="top1|N|NAME",
                    help="the class to explain: the predicted one (top1), an index or a class name "
@@ -144,14 +139,22 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     q.add_argument("--top-k", type=positive_int, default=10, metavar="K",
                    help="prototypes shown per image (default: %(default)s)")
 
-    q = sub.add_parser("prototypes", parents=[*parents, device], help="every prototype and its nearest patches",
+    q = sub.add_parser("prototypes", parents=parents, help="every prototype and its nearest patches",
                        description="The global explanation: each prototype, its source and nearest training patches.")
-    report_options(q)
+    _report_options(q)
     q.add_argument("--k", type=positive_int, default=5, metavar="K",
                    help="nearest training patches (default: %(default)s)")
 
-    top.set_defaults(func=run)
-    return top
+
+def _report_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `seewhy protopnet train`")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder for the report (required)")
+    q.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best (on validation) or last (default: %(default)s)")
+    q.add_argument("--data", metavar="DATA_DIR",
+                   help="the training image folder, if it moved since training (default: the folder recorded "
+                        "in the run)")
+    q.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +175,6 @@ def _command(args: argparse.Namespace) -> list[str]:
 def _train(args: argparse.Namespace) -> int:
     from .data import Augment
     from .runs import train_folder
-    from .train import TrainConfig
 
     device = _device(args.device)
     augment = Augment(0.0, 0.0, 0.0) if args.no_augment else Augment(flip=0.0) if args.no_flip else Augment()
@@ -226,9 +228,7 @@ def _explain(args: argparse.Namespace) -> int:
     device = _device(args.device)
     run_ = load_run(args.run_dir, args.checkpoint, device=device)
     prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
-    loaded, failures = images.load_images(args.images)
-    for path, reason in failures:
-        log.warning("skipping: %s", reason if path in reason else f"{path}: {reason}")
+    loaded, failures = load_inputs(args.images)
     if not loaded:
         log.error("none of the %d input(s) could be used; nothing to explain", len(args.images))
         return EXIT_NOTHING
@@ -280,6 +280,7 @@ def _prototypes(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``seewhy protopnet ...`` with ``argv`` the arguments after ``protopnet``; returns the exit code."""
-    from .. import cli
-
-    return cli.main(["protopnet", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="seewhy", epilog=command.EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), command.common_options())
+    return command.run(parser, ["protopnet", *(sys.argv[1:] if argv is None else argv)])

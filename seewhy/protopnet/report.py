@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..report import _jsonable, _versions, prepare_out_dir, template_env, write_report_files
+from ..fileio import jsonable
+from ..report_files import prepare_out_dir, versions, write_report_files
+from ..report_layout import template_env
 from .data import ImageSet
 from .explain import Box, LocalExplanation, PrototypeSummary
 from .model import ProtoPNet
@@ -274,6 +276,42 @@ def write_protopnet_report(
         FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
         ValueError: nothing to report, or a picture that is not uint8 (S, S, 3).
     """
+    _check_arguments(model, local, prototypes, percentile, constant_std)
+    out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
+    pics = _Pictures(model, train_data)
+    local_ctx = _local_context(local, model, pics, float(constant_std))
+    global_ctx = _global_context(prototypes, model, pics, float(constant_std))
+    shown = sorted({e["prototype"] for r in local_ctx for e in r["evidence"]} | {p["prototype"] for p in global_ctx})
+    constant = [j for j in shown if pics.patch_std(j) is not None and pics.patch_std(j) < constant_std]
+    if constant:
+        log.warning("%d of the %d prototypes shown sit on a nearly constant patch (pixel std < %g; background?): "
+                    "%s", len(constant), len(shown), constant_std, ", ".join(map(str, constant)))
+    created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    version_info = versions()
+    cmd = list(command) if command is not None else list(sys.argv)
+    info = dict(info or {})
+    pictures = ("uri", "boxed", "overlay", "patch", "source")
+    record = {
+        "title": title, "created": created, "command": cmd, "versions": version_info, "info": jsonable(info),
+        "model": jsonable(model.config()), "box_percentile": float(percentile),
+        "prototypes_shown": shown, "constant_patch_std": float(constant_std), "nearly_constant_prototypes": constant,
+        "local": jsonable(_strip(local_ctx, pictures)),
+        "prototypes": jsonable(_strip(global_ctx, pictures)),
+        "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
+    }
+    html = _render(title=title, created=created, versions=version_info, info=info, cmd=cmd, local=local_ctx,
+                   prototypes=global_ctx, failures=[(str(p), str(r)) for p, r in failures],
+                   n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None,
+                   percentile=_ordinal(float(percentile)), constant_std=f"{constant_std:g}", constant=constant,
+                   summary=_summary(local_ctx, failures, shown, constant, model.num_prototypes))
+    files = {"explanations.json": json.dumps(record, indent=2, allow_nan=False).encode("utf-8"),
+             **_csv_files(local_ctx, global_ctx)}
+    return write_report_files(out, files, html)
+
+
+def _check_arguments(model: ProtoPNet, local: Sequence[LocalRow], prototypes: Sequence[PrototypeSummary],
+                     percentile: float, constant_std: float) -> None:
+    """Raise on what :func:`write_protopnet_report` cannot report (before anything is written)."""
     if not isinstance(model, ProtoPNet):
         raise TypeError(f"model must be a ProtoPNet, got {type(model).__name__}")
     if not local and not prototypes:
@@ -286,28 +324,10 @@ def write_protopnet_report(
         arr = np.asarray(r.image)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"image {r.name!r} must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
-    out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
-    pics = _Pictures(model, train_data)
-    local_ctx = _local_context(local, model, pics, float(constant_std))
-    global_ctx = _global_context(prototypes, model, pics, float(constant_std))
-    shown = sorted({e["prototype"] for r in local_ctx for e in r["evidence"]} | {p["prototype"] for p in global_ctx})
-    constant = [j for j in shown if pics.patch_std(j) is not None and pics.patch_std(j) < constant_std]
-    if constant:
-        log.warning("%d of the %d prototypes shown sit on a nearly constant patch (pixel std < %g; background?): "
-                    "%s", len(constant), len(shown), constant_std, ", ".join(map(str, constant)))
-    created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-    versions = _versions()
-    cmd = list(command) if command is not None else list(sys.argv)
-    info = dict(info or {})
-    pictures = ("uri", "boxed", "overlay", "patch", "source")
-    record = {
-        "title": title, "created": created, "command": cmd, "versions": versions, "info": _jsonable(info),
-        "model": _jsonable(model.config()), "box_percentile": float(percentile),
-        "prototypes_shown": shown, "constant_patch_std": float(constant_std), "nearly_constant_prototypes": constant,
-        "local": _jsonable(_strip(local_ctx, pictures)),
-        "prototypes": _jsonable(_strip(global_ctx, pictures)),
-        "failures": [{"path": str(p), "reason": str(r)} for p, r in failures],
-    }
+
+
+def _csv_files(local_ctx: Sequence[Mapping[str, Any]], global_ctx: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    """``local.csv`` (a row per input and prototype) and ``prototypes.csv`` (a row per prototype and neighbour)."""
     local_csv = _csv(
         ["image", "target", "target_label", "rank", "prototype", "prototype_class", "similarity", "distance",
          "weight", "points", "y0", "y1", "x0", "x1", "total", "nearly_constant"],
@@ -323,14 +343,7 @@ def write_protopnet_report(
           "" if p["patch_std"] is None else p["patch_std"], _flag(p["nearly_constant"])]
          for p in global_ctx for k, n in enumerate(p["neighbours"])],
     )
-    html = _render(title=title, created=created, versions=versions, info=info, cmd=cmd, local=local_ctx,
-                   prototypes=global_ctx, failures=[(str(p), str(r)) for p, r in failures],
-                   n_prototypes=model.num_prototypes, pushed=model.pushed, has_pictures=train_data is not None,
-                   percentile=_ordinal(float(percentile)), constant_std=f"{constant_std:g}", constant=constant,
-                   summary=_summary(local_ctx, failures, shown, constant, model.num_prototypes))
-    files = {"explanations.json": json.dumps(record, indent=2, allow_nan=False).encode("utf-8"),
-             "local.csv": local_csv, "prototypes.csv": protos_csv}
-    return write_report_files(out, files, html)
+    return {"local.csv": local_csv, "prototypes.csv": protos_csv}
 
 
 def _flag(value: bool | None) -> str:

@@ -17,10 +17,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .. import images as _images
-from ..report import prepare_out_dir
+from ..fileio import load_checkpoint, read_json, write_json
+from ..report_files import prepare_out_dir
 from .data import FolderImages, median_short_side, scan_folder, stratified_split
 from .model import AUTO, Preprocessing, ProtoPNet, auto_backbone, build_backbone
-from .train import RUN_FILES, RUN_FORMAT, TrainConfig, TrainResult, load_state, log, read_json, train, write_json_file
+from .train import RUN_FILES, RUN_FORMAT, TrainConfig, TrainResult, log, train
 
 __all__ = ["Run", "load_run", "train_folder"]
 
@@ -69,68 +70,90 @@ def train_folder(
         ValueError: a bad data directory (missing, empty class folder, unreadable images), bad settings.
         FileExistsError: ``run_dir`` is not empty and neither ``resume`` nor ``overwrite`` is set.
     """
-    config = config or TrainConfig()
     out = Path(run_dir)
     device = torch.device(device)
     if resume and (out / "config.json").is_file():
-        saved = read_json(out / "config.json")
-        if saved.get("seewhy_protopnet_run") != RUN_FORMAT:
-            raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
-        config = TrainConfig(**saved["train"])
-        split = read_json(out / "split.json")
-        backbone_rec = saved["backbone"]
-        model_cfg = saved["model"]
-        classes = split["classes"]
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()})
-        train_files, train_labels = split["train"]["files"], split["train"]["labels"]
-        val_files, val_labels = split["val"]["files"], split["val"]["labels"]
-        record = {k: saved[k] for k in ("backbone", "data")}
-        record["data"] = {**record["data"], "root": str(Path(data_dir).resolve())}
-        name = (backbone_rec or {}).get("name") or "a custom trunk"
-        if backbone not in (None, AUTO, name):
-            log.warning("backbone %r ignored: the resumed run keeps its saved backbone %s", backbone, name)
-        log.info("backbone: %s (saved with the run)", name)
+        setup = _resumed_setup(out, data_dir, backbone)
     else:
         if resume:
             log.warning("nothing to resume in %s (no config.json): starting a new run", out)
-        prepare_out_dir(out, overwrite=overwrite, create=False)
-        classes, files, labels = scan_folder(data_dir)
-        for name in RUN_FILES:  # an overwritten run must not keep the old checkpoints
-            (out / name).unlink(missing_ok=True)
-        keep, held = stratified_split(labels, val_fraction, config.seed)
-        train_files, train_labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
-        val_files, val_labels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
-        backbone, why = _choose_backbone(backbone, data_dir, files, trunk_layer)
-        backbone_rec = {"name": backbone, "pretrained": pretrained, "layer": trunk_layer}
-        if why:
-            backbone_rec["chosen"] = why
-        model_cfg = None
-        record = {"backbone": backbone_rec,
-                  "data": {"root": str(Path(data_dir).resolve()), "val_fraction": val_fraction,
-                           "classes": classes, "n_train": len(train_files), "n_val": len(val_files)}}
-        split = {"classes": classes, "train": {"files": train_files, "labels": train_labels},
-                 "val": {"files": val_files, "labels": val_labels}}
-        prep = None
+        setup = _new_setup(out, data_dir, backbone, pretrained, trunk_layer, val_fraction, config or TrainConfig(),
+                           overwrite)
+    config, prep, classes = setup.config, setup.prep, setup.split["classes"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if model_cfg is None:
-            features, prep = build_backbone(backbone, pretrained=pretrained, layer=trunk_layer)
+        if setup.model_cfg is None:
+            features, prep = build_backbone(setup.backbone, pretrained=pretrained, layer=trunk_layer)
             if image_size is not None:
                 prep = dataclasses.replace(prep, image_size=int(image_size))
             model = ProtoPNet(features, len(classes), prototypes_per_class=prototypes_per_class,
                               prototype_dim=prototype_dim, class_names=classes)
-            log.info("backbone: %s, %s%s", backbone, _weights(backbone, pretrained),
-                     f" (chosen automatically: {why}; pass --backbone / backbone= to choose)" if why else "")
+            log.info("backbone: %s, %s%s", setup.backbone, _weights(setup.backbone, pretrained),
+                     f" (chosen automatically: {setup.why}; pass --backbone / backbone= to choose)" if setup.why
+                     else "")
         else:  # the weights come from last.pt; without it (stopped in the first stage) start as the run did
             fresh = not (out / "last.pt").is_file()
-            model, _ = _build(backbone_rec, model_cfg, pretrained=fresh and bool(backbone_rec.get("pretrained")))
+            rec = setup.record["backbone"]
+            model, _ = _build(rec, setup.model_cfg, pretrained=fresh and bool(rec.get("pretrained")))
     model.to(device)
-    train_data = FolderImages(data_dir, train_files, train_labels, classes, prep.image_size, progress=progress)
-    val_data = FolderImages(data_dir, val_files, val_labels, classes, prep.image_size, progress=progress)
+    train_data, val_data = (FolderImages(data_dir, setup.split[part]["files"], setup.split[part]["labels"], classes,
+                                         prep.image_size, progress=progress) for part in ("train", "val"))
     out.mkdir(parents=True, exist_ok=True)
-    write_json_file(split, out / "split.json")
-    return train(model, train_data, val_data, prep, config, run_dir=out, resume=resume, record=record,
+    write_json(setup.split, out / "split.json")
+    return train(model, train_data, val_data, prep, config, run_dir=out, resume=resume, record=setup.record,
                  progress=progress, max_stages=max_stages)
+
+
+@dataclass
+class _Setup:
+    """A folder run before its model exists: the training settings, the split (``{"classes", "train": {"files",
+    "labels"}, "val": ...}``), the record for config.json, and the backbone (a resumed run: its saved model config
+    and preprocessing; a new one: the backbone's name and why it was chosen)."""
+
+    config: TrainConfig
+    split: dict[str, Any]
+    record: dict[str, Any]
+    backbone: str | None = None
+    why: str = ""
+    model_cfg: dict[str, Any] | None = None
+    prep: Preprocessing | None = None
+
+
+def _resumed_setup(out: Path, data_dir: str | os.PathLike, backbone: str | None) -> _Setup:
+    """The settings, split and backbone saved in a run directory (``data_dir`` is where the data is now)."""
+    saved = read_json(out / "config.json")
+    if saved.get("seewhy_protopnet_run") != RUN_FORMAT:
+        raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
+    split = read_json(out / "split.json")
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocessing"].items()})
+    record = {k: saved[k] for k in ("backbone", "data")}
+    record["data"] = {**record["data"], "root": str(Path(data_dir).resolve())}
+    name = (saved["backbone"] or {}).get("name") or "a custom trunk"
+    if backbone not in (None, AUTO, name):
+        log.warning("backbone %r ignored: the resumed run keeps its saved backbone %s", backbone, name)
+    log.info("backbone: %s (saved with the run)", name)
+    return _Setup(TrainConfig(**saved["train"]), split, record, model_cfg=saved["model"], prep=prep)
+
+
+def _new_setup(out: Path, data_dir: str | os.PathLike, backbone: str | None, pretrained: bool,
+               trunk_layer: str | None, val_fraction: float, config: TrainConfig, overwrite: bool) -> _Setup:
+    """A new run: ``out`` emptied of an old run's files, the data scanned and split, the backbone chosen."""
+    prepare_out_dir(out, overwrite=overwrite, create=False)
+    classes, files, labels = scan_folder(data_dir)
+    for name in RUN_FILES:  # an overwritten run must not keep the old checkpoints
+        (out / name).unlink(missing_ok=True)
+    keep, held = stratified_split(labels, val_fraction, config.seed)
+    split = {"classes": classes,
+             "train": {"files": [files[i] for i in keep.tolist()], "labels": [labels[i] for i in keep.tolist()]},
+             "val": {"files": [files[i] for i in held.tolist()], "labels": [labels[i] for i in held.tolist()]}}
+    name, why = _choose_backbone(backbone, data_dir, files, trunk_layer)
+    backbone_rec = {"name": name, "pretrained": pretrained, "layer": trunk_layer}
+    if why:
+        backbone_rec["chosen"] = why
+    record = {"backbone": backbone_rec,
+              "data": {"root": str(Path(data_dir).resolve()), "val_fraction": val_fraction, "classes": classes,
+                       "n_train": len(split["train"]["files"]), "n_val": len(split["val"]["files"])}}
+    return _Setup(config, split, record, backbone=name, why=why)
 
 
 def _choose_backbone(backbone: str | None, data_dir: str | os.PathLike, files: list[str],
@@ -234,7 +257,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", *, device: st
     if not file.is_file():
         raise ValueError(f"run {str(path)!r} has no {checkpoint}.pt yet (a run saves best.pt after its first push); "
                          "use --checkpoint last or train longer")
-    state = load_state(file, "cpu")
+    state = load_checkpoint(file, "cpu")
     if checkpoint == "last":
         state = state["model"]
     try:

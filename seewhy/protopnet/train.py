@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import os
 import pickle
@@ -45,8 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fileio import load_checkpoint, read_json
+from ..fileio import save_checkpoint as _save  # module-level names: the crash tests replace them
+from ..fileio import write_json as write_json_file
 from ..hooks import model_state
-from ..report import _atomic
 from .data import Augment, ImageSet
 from .explain import batches, normalize
 from .model import Preprocessing, ProtoPNet
@@ -278,32 +279,6 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _save(obj: Any, path: Path) -> None:
-    with _atomic(path) as f:
-        torch.save(obj, f)
-
-
-def write_json_file(obj: Any, path: Path) -> None:
-    with _atomic(path) as f:
-        f.write(json.dumps(obj, indent=2, allow_nan=True).encode("utf-8"))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {str(path)!r}: {err}") from err
-
-
-def load_state(path: Path, device: torch.device | str) -> Any:
-    if not path.is_file():
-        raise ValueError(f"no checkpoint {str(path)!r}")
-    try:
-        return torch.load(str(path), map_location=device, weights_only=True)
-    except Exception as err:  # corrupt or not a state dict
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from err
-
-
 def _better(val: Mapping[str, float], best: Mapping[str, Any] | None) -> bool:
     if best is None:
         return True
@@ -353,57 +328,16 @@ def train(
         log.warning("no validation images: the best checkpoint is simply the latest pushed model")
     stages = schedule(config)
     opt = _optimizers(model, config)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state: dict[str, Tensor] | None = None
-    start = 0
+    state = _RunState({"seewhy_protopnet_run": RUN_FORMAT, "model": model.config(),
+                       "preprocessing": dataclasses.asdict(prep), "train": config.to_dict(), **dict(record or {})})
     out = Path(run_dir) if run_dir is not None else None
     device = model.prototype_vectors.device
-    run_config = {"seewhy_protopnet_run": RUN_FORMAT, "model": model.config(),
-                  "preprocessing": dataclasses.asdict(prep), "train": config.to_dict(), **dict(record or {})}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume and any((out / n).exists() for n in ("last.pt", "best.pt")):
-            raise FileExistsError(f"{str(out)!r} already holds a run (last.pt/best.pt); pass resume=True to continue "
-                                  "it, or choose another run_dir")
-        saved = read_json(out / "config.json") if resume and (out / "config.json").is_file() else None
-        if saved is not None and not isinstance(saved, dict):
-            raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
-        if resume and (out / "last.pt").is_file():
-            if saved is not None and saved.get("train") != run_config["train"]:
-                diff = sorted(k for k in run_config["train"] if saved.get("train", {}).get(k) != run_config["train"][k])
-                raise ValueError(f"cannot resume {str(out)!r} with other training settings ({', '.join(diff)}); "
-                                 "resume with the saved config.json or start a new run")
-            state = load_state(out / "last.pt", device)
-            model.load_state_dict(state["model"])
-            for key in ("warm", "joint", "last", "scheduler"):
-                opt[key].load_state_dict(state[key])
-            start = int(state["stage"]) + 1
-            history = read_json(out / "history.json") if (out / "history.json").is_file() else []
-            if len(history) < start:
-                log.warning("%s has %d entries for %d finished stages: the history misses stages",
-                            out / "history.json", len(history), start)
-            history = history[:start]
-            if (out / "best.json").is_file() and (out / "best.pt").is_file():
-                best = read_json(out / "best.json")
-                best_state = load_state(out / "best.pt", "cpu")
-            log.info("resuming %s after stage %d/%d (%s)", out, start, len(stages),
-                     stages[start - 1] if start else "start")
-        elif resume:
-            log.warning("nothing to resume in %s (no last.pt): starting from the beginning", out)
-        if saved is not None:  # keep what this call does not restate (backbone, data from train_folder)
-            run_config = {**saved, **run_config}
-        write_json_file(run_config, out / "config.json")
+        _open_run(out, model, opt, state, resume, stages, device)
 
+    start = state.start
     end = len(stages) if max_stages is None else min(len(stages), start + max_stages)
-    name = (run_config.get("backbone") or {}).get("name") or type(model.features).__name__
-    log.info("training ProtoPNet (%s trunk): input %dx%d, %d classes, %d training / %d validation images, %d "
-             "prototypes (%d per class, dim %d); %s; %d stages (%d epochs)", name, prep.image_size, prep.image_size,
-             model.num_classes, len(train_data), len(val_data), model.num_prototypes, model.prototypes_per_class,
-             model.prototype_dim, _parameters(model), len(stages), config.epochs)
-    estimate = _estimate(model, train_data, val_data, prep, config, stages[start:end]) if end > start else {}
-    if start >= len(stages):
-        log.info("nothing left to train: the run has finished its %d stages", len(stages))
+    estimate = _log_setup(model, train_data, val_data, prep, config, state, stages, end)
     spent: dict[str, float] = {}  # measured seconds per phase, to refine the estimate of what is left
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
@@ -411,49 +345,127 @@ def train(
     try:
         for s in range(start, end):
             stage = stages[s]
-            g = _stage_generator(config.seed, s)
             ts = time.perf_counter()
             desc = f"[{s + 1}/{len(stages)}] {stage}"
             with _seeded_global_rng(_stage_seed(config.seed, s, salt=67890), device):
-                if stage.phase == "push":
-                    res = push_prototypes(model, train_data, prep, batch_size=config.push_batch_size,
-                                          percentile=config.percentile, progress=progress)
-                    metrics: dict[str, float] = {"moved": float(res.moved.mean())}
-                else:
-                    if stage.phase in ("warm", "joint"):  # the prototypes move off their source patches
-                        model.reset_prototype_sources()
-                    metrics = _epoch(model, train_data, prep, stage.phase, opt[stage.phase], config, g, progress,
-                                     desc)
-                    if stage.phase == "joint":
-                        opt["scheduler"].step()
-                val = evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
+                metrics, val = _run_stage(model, stage, s, opt, train_data, val_data, prep, config, progress, desc)
             seconds = time.perf_counter() - ts
-            entry = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
-                     "train": metrics, "val": val, "seconds": seconds}
-            history.append(entry)
+            state.history.append({"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
+                                  "train": metrics, "val": val, "seconds": seconds})
             spent[stage.phase] = spent.get(stage.phase, 0.0) + seconds
             left = _left(estimate, spent, stages[start:s + 1], stages[s + 1:end])
             log.info("%s: %s; train %s; val accuracy %.4f loss %.4f%s", desc, _secs(seconds),
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), val["accuracy"], val["loss"],
                      f"; about {_secs(left)} left" if s + 1 < end else "")
-            if stage.phase in ("push", "last") and _better(val, best):
-                best = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
-                        "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if out is not None:
-                    _save(best_state, out / "best.pt")
-                    write_json_file(best, out / "best.json")
-            if out is not None:  # the history first: a resume drops entries after the stage of last.pt
-                write_json_file(history, out / "history.json")
-                state = {"model": model.state_dict(), "stage": s, **{k: opt[k].state_dict() for k in
-                                                                     ("warm", "joint", "last", "scheduler")}}
-                _save(state, out / "last.pt")
+            _checkpoint(out, model, opt, state, stages[s], s, val)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
         for m, flag in modes:
             m.training = flag
-    return TrainResult(history=history, best=best, best_state=best_state, seconds=time.perf_counter() - t0)
+    return TrainResult(history=state.history, best=state.best, best_state=state.best_state,
+                       seconds=time.perf_counter() - t0)
+
+
+def _log_setup(model: ProtoPNet, train_data: ImageSet, val_data: ImageSet, prep: Preprocessing, config: TrainConfig,
+               state: _RunState, stages: list[Stage], end: int) -> dict[str, float]:
+    """Log the run (trunk, sizes, parameters, stages) and the estimated time of stages ``state.start .. end``;
+    returns the estimate per phase."""
+    name = (state.config.get("backbone") or {}).get("name") or type(model.features).__name__
+    log.info("training ProtoPNet (%s trunk): input %dx%d, %d classes, %d training / %d validation images, %d "
+             "prototypes (%d per class, dim %d); %s; %d stages (%d epochs)", name, prep.image_size, prep.image_size,
+             model.num_classes, len(train_data), len(val_data), model.num_prototypes, model.prototypes_per_class,
+             model.prototype_dim, _parameters(model), len(stages), config.epochs)
+    start = state.start
+    estimate = _estimate(model, train_data, val_data, prep, config, stages[start:end]) if end > start else {}
+    if start >= len(stages):
+        log.info("nothing left to train: the run has finished its %d stages", len(stages))
+    return estimate
+
+
+@dataclass
+class _RunState:
+    """What a run carries from stage to stage: its config.json, history and best pushed stage (and its weights)."""
+
+    config: dict[str, Any]
+    start: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    best_state: dict[str, Tensor] | None = None
+
+
+def _open_run(out: Path, model: ProtoPNet, opt: dict[str, Any], state: _RunState, resume: bool,
+              stages: list[Stage], device: torch.device) -> None:
+    """Prepare ``out`` for the run: refuse an existing run unless ``resume``, else load ``last.pt`` (the model and
+    optimisers), the history and the best stage into ``state``; write config.json (keeping the saved entries that
+    ``state.config`` does not restate)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and any((out / n).exists() for n in ("last.pt", "best.pt")):
+        raise FileExistsError(f"{str(out)!r} already holds a run (last.pt/best.pt); pass resume=True to continue "
+                              "it, or choose another run_dir")
+    saved = read_json(out / "config.json") if resume and (out / "config.json").is_file() else None
+    if saved is not None and not isinstance(saved, dict):
+        raise ValueError(f"{str(out / 'config.json')!r} is not a seewhy ProtoPNet run config")
+    train_cfg = state.config["train"]
+    if resume and (out / "last.pt").is_file():
+        if saved is not None and saved.get("train") != train_cfg:
+            diff = sorted(k for k in train_cfg if saved.get("train", {}).get(k) != train_cfg[k])
+            raise ValueError(f"cannot resume {str(out)!r} with other training settings ({', '.join(diff)}); "
+                             "resume with the saved config.json or start a new run")
+        last = load_checkpoint(out / "last.pt", device)
+        model.load_state_dict(last["model"])
+        for key in ("warm", "joint", "last", "scheduler"):
+            opt[key].load_state_dict(last[key])
+        start = state.start = int(last["stage"]) + 1
+        history = read_json(out / "history.json") if (out / "history.json").is_file() else []
+        if len(history) < start:
+            log.warning("%s has %d entries for %d finished stages: the history misses stages",
+                        out / "history.json", len(history), start)
+        state.history = history[:start]
+        if (out / "best.json").is_file() and (out / "best.pt").is_file():
+            state.best = read_json(out / "best.json")
+            state.best_state = load_checkpoint(out / "best.pt", "cpu")
+        log.info("resuming %s after stage %d/%d (%s)", out, start, len(stages), stages[start - 1] if start else "start")
+    elif resume:
+        log.warning("nothing to resume in %s (no last.pt): starting from the beginning", out)
+    if saved is not None:  # keep what this call does not restate (backbone, data from train_folder)
+        state.config = {**saved, **state.config}
+    write_json_file(state.config, out / "config.json")
+
+
+def _run_stage(model: ProtoPNet, stage: Stage, s: int, opt: dict[str, Any], train_data: ImageSet,
+               val_data: ImageSet, prep: Preprocessing, config: TrainConfig, progress: bool, desc: str
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Stage ``s`` of the schedule (a push or an epoch), then the validation: ``(train metrics, val metrics)``."""
+    if stage.phase == "push":
+        res = push_prototypes(model, train_data, prep, batch_size=config.push_batch_size,
+                              percentile=config.percentile, progress=progress)
+        metrics: dict[str, float] = {"moved": float(res.moved.mean())}
+    else:
+        if stage.phase in ("warm", "joint"):  # the prototypes move off their source patches
+            model.reset_prototype_sources()
+        metrics = _epoch(model, train_data, prep, stage.phase, opt[stage.phase], config,
+                         _stage_generator(config.seed, s), progress, desc)
+        if stage.phase == "joint":
+            opt["scheduler"].step()
+    return metrics, evaluate(model, val_data, prep, batch_size=config.eval_batch_size)
+
+
+def _checkpoint(out: Path | None, model: ProtoPNet, opt: dict[str, Any], state: _RunState, stage: Stage, s: int,
+                val: Mapping[str, float]) -> None:
+    """After stage ``s``: a better pushed model becomes the best (best.pt, best.json); then history.json, last.pt."""
+    if stage.phase in ("push", "last") and _better(val, state.best):
+        state.best = {"stage": s, "phase": stage.phase, "epoch": stage.epoch, "step": stage.step,
+                      "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+        state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if out is not None:
+            _save(state.best_state, out / "best.pt")
+            write_json_file(state.best, out / "best.json")
+    if out is not None:  # the history first: a resume drops entries after the stage of last.pt
+        write_json_file(state.history, out / "history.json")
+        last = {"model": model.state_dict(), "stage": s, **{k: opt[k].state_dict() for k in
+                                                            ("warm", "joint", "last", "scheduler")}}
+        _save(last, out / "last.pt")
 
 
 # -- what a run costs ---------------------------------------------------------------------------------------

@@ -9,8 +9,15 @@ from conftest import build
 from scipy import ndimage
 
 import seewhy
-import seewhy.metrics  # noqa: F401  (registers the controls)
-from seewhy.metrics.controls import image_seeds, sobel_magnitude
+import seewhy.metrics
+from seewhy.methods.controls import image_seeds, sobel_magnitude
+
+
+def test_controls_live_with_the_methods() -> None:
+    from seewhy.methods import EdgeDetector, RandomAttribution
+
+    assert RandomAttribution.__module__ == EdgeDetector.__module__ == "seewhy.methods.controls"
+    assert seewhy.metrics.RandomAttribution is RandomAttribution  # still re-exported
 
 
 def test_registered_as_methods() -> None:

@@ -14,12 +14,10 @@ from torch import nn
 from seewhy import get_method
 from seewhy.hooks import count_hooks
 from seewhy.metrics import METRICS
+from seewhy.metrics.common import ranks as _ranks
+from seewhy.metrics.common import rise_blur as _rise_blur
 from seewhy.metrics.faithfulness import (
-    _NEIGHBOURS,
     PRESETS,
-    _deep_holes,
-    _ranks,
-    _rise_blur,
     deletion_auc,
     faithfulness_correlation,
     infidelity,
@@ -28,6 +26,7 @@ from seewhy.metrics.faithfulness import (
     pixel_flipping,
     road,
 )
+from seewhy.metrics.imputation import _NEIGHBOURS, _deep_holes
 
 B, C, H, W, K = 4, 3, 12, 12, 5
 N_RANDOM = 12  # random attributions averaged for the chance level
@@ -371,7 +370,7 @@ def test_clear_errors(linear):
 
 
 def test_infidelity_refuses_a_perturbation_of_zero_and_subsets_keep_a_pixel(linear) -> None:
-    from seewhy.metrics.faithfulness import _subset_count, infidelity
+    from seewhy.metrics.perturbation import _subset_count, infidelity
 
     model, x = linear[0], linear[1]
     with pytest.raises(ValueError, match="perturbs nothing"):
