@@ -53,9 +53,9 @@ def sensitivities(
     The norm is the vector ``norm`` (2: Frobenius) over all values of an explanation; an all-zero Phi(x) is divided
     by 1 (as Captum). ``attributions``: Phi(x) from the same method (None: computed here). ``radius`` is in the model's
     input units (for ImageNet-normalised inputs one unit is about 0.23 of the [0, 1] pixel range). Each (image, draw)
-    has its own noise from ``seed``; ``batch_size`` perturbed inputs go to the method at once (default: as many as
-    SmoothGrad gives it, :func:`~seewhy.methods.base.copies_per_call`: any registered method works, batched by its
-    own cost).
+    has its own noise from ``seed``; ``batch_size`` perturbed inputs go to the method at once (default:
+    :func:`~seewhy.methods.base.copies_per_call`, fewer for a method that costs more evaluations per image: any
+    registered method works).
     """
     n_samples = positive_int(n_samples, "n_samples")
     if not isinstance(radius, (int, float)) or isinstance(radius, bool) or radius < 0:
