@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lrp import LAYERS, SHAPES  # the same layers the rule tests of test_lrp.py use
 from torch import nn
 
 import seewhy
@@ -41,13 +42,6 @@ class _PlusGamma(ModifierRule):
         return b + 0.5 * b.clamp(min=0)
 
 
-LAYERS = {
-    "linear": lambda bias: nn.Linear(12, 5, bias=bias),
-    "conv": lambda bias: nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias),
-    "depthwise": lambda bias: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=bias),
-    "same_even": lambda bias: nn.Conv2d(3, 4, 4, padding="same", bias=bias),
-}
-SHAPES = {"linear": (12,), "conv": (3, 6, 6), "depthwise": (4, 5, 5), "same_even": (3, 5, 5)}
 RULES = {
     "lrp0": LRP0(),
     "epsilon": Epsilon(0.1),

@@ -13,20 +13,14 @@ import seewhy
 from seewhy.hooks import count_hooks
 from seewhy.metrics import METRICS, MetricResult, Preset, list_metrics
 
+from .test_faithfulness import FAST as FAITHFULNESS_FAST
+
 NAMES = list_metrics()
 TARGETS = [1, 7, 3]
 
 # settings that keep each metric fast; metrics not listed run with their defaults
 FAST: dict[str, dict] = {
-    "deletion_auc": {"n_steps": 6},
-    "insertion_auc": {"n_steps": 6},
-    "pixel_flipping_morf": {"n_steps": 6},
-    "pixel_flipping_lerf": {"n_steps": 6},
-    "road": {"fractions": (0.2, 0.6)},
-    "road_morf": {"fractions": (0.2, 0.6)},
-    "road_lerf": {"fractions": (0.2, 0.6)},
-    "faithfulness_correlation": {"n_runs": 6},
-    "infidelity": {"n_samples": 5},
+    **FAITHFULNESS_FAST,
     "max_sensitivity": {"n_samples": 3, "radius": 0.1},
     "avg_sensitivity": {"n_samples": 3, "radius": 0.1},
 }
