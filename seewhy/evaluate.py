@@ -301,9 +301,9 @@ def _score(model: nn.Module, inputs: Tensor, exps: list[Explanation], chunks: li
            method_params: dict[str, Any], metric: str, params: dict[str, Any], masks: Tensor | None,
            bar: Any) -> tuple[MetricScores, Any]:
     """One metric over every explanation of one method, and the first call's details. A metric is called once on all
-    the images (it batches its own forwards), so that seeded draws, keyed by an image's row in the call, do not
-    depend on ``batch_size``; a ``per_batch`` metric (one that re-explains its images at once) is called per batch,
-    keeping the first batch's details."""
+    the images (it batches its own forwards; its seeded draws are keyed by each image's content, so the scores do
+    not depend on how the images are split); a ``per_batch`` metric (one that re-explains its images at once) is
+    called per batch, keeping the first batch's details."""
     spec = get_metric(metric)
     t0 = time.perf_counter()
     kw = dict(params)

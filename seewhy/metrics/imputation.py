@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..core import check_inputs
 from ..engine import generator, row_generator
+from ..methods.controls import image_seeds
 
 # ROAD's imputer: a removed pixel is the weighted mean of its 8 neighbours (1/6 for the 4-neighbours, 1/12 diagonal)
 _NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6), (0, 1, 1 / 6), (1, -1, 1 / 12),
@@ -167,12 +168,11 @@ def noisy_linear_imputation(
     standard deviation, the default leaves a mean error of about 3e-4 and a largest error of about 1e-3 with half the
     pixels removed, 5e-3 (half the default noise) with 90% removed; lower ``tol`` for a closer solve), then
     v_p += N(0, noise^2). ``keep`` (B,H,W) or (B,1,H,W) bool: True keeps the pixel. Each image's noise comes from
-    (seed, its index).
+    (seed, its content: :func:`~seewhy.methods.controls.image_seeds`).
     """
     inputs = check_inputs(inputs)
     keep = _check_keep(keep, inputs)
-    gen_seed = generator(seed)[1]
-    gens = [row_generator(gen_seed, i) for i in range(inputs.shape[0])]
+    gens = [row_generator(k) for k in image_seeds(inputs, generator(seed)[1])]
     return impute(inputs, keep, noise, gens, tol, max_iter)
 
 

@@ -3,9 +3,10 @@
 - :func:`faithfulness_correlation` (Bhatt et al. 2020): random pixel subsets set to a baseline;
 - :func:`infidelity` (Yeh et al. 2019): random perturbations I, compared with I^T Phi.
 
-Each (image, draw) has its own generator derived from (``seed``, the image's position in ``inputs``, the draw), so
-results do not depend on ``batch_size`` (rows per forward) nor on the images that follow; ``seed=None`` draws a
-seed. The model runs in eval mode under ``torch.inference_mode()``; its flags are restored afterwards.
+Each (image, draw) has its own generator derived from (``seed``, the image's content, the draw:
+:func:`~seewhy.methods.controls.image_seeds`), so an image's score depends neither on ``batch_size`` (rows per
+forward) nor on the other images of the call; ``seed=None`` draws a seed. The model runs in eval mode under
+``torch.inference_mode()``; its flags are restored afterwards.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ..engine import evaluate, evaluate_masks, generator, row_generator
 from ..hooks import model_state
+from ..methods.controls import image_seeds
 from ..targets import TargetSpec
 from .common import Substitute, clean_scores, grid, pixel_map, positive_int, substitute_values
 from .registry import register_metric
@@ -57,14 +59,14 @@ def faithfulness_correlation(
         b, n = pmap.shape
         k = _subset_count(subset_size, n)
         base = substitute_values(inputs, baseline)
-        gen_seed = generator(seed)[1]
+        keys = image_seeds(inputs, generator(seed)[1])
         sample, run = grid(b, n_runs)
         sums = torch.zeros(b * n_runs, dtype=torch.float64, device=inputs.device)
 
         def masks(idx: Tensor) -> Tensor:
             keep = torch.ones(len(idx), n, dtype=torch.bool)
             for j, (i, r) in enumerate(zip(sample[idx].tolist(), run[idx].tolist(), strict=True)):
-                keep[j, torch.randperm(n, generator=row_generator(gen_seed, i, r))[:k]] = False
+                keep[j, torch.randperm(n, generator=row_generator(keys[i], r))[:k]] = False
             keep = keep.to(inputs.device)
             sums[idx.to(sums.device)] = (pmap[sample[idx].to(pmap.device)] * ~keep).sum(1, dtype=torch.float64)
             return keep.view(len(idx), 1, *inputs.shape[-2:])
@@ -147,14 +149,14 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor, target: T
         base = substitute_values(inputs, baseline)
         phi = _explanation_per_value(attributions, inputs, base, multiply_by_inputs)
         b = inputs.shape[0]
-        gen_seed = generator(seed)[1]
+        keys = image_seeds(inputs, generator(seed)[1])
         sample, draw = grid(b, n_samples)
         proj = torch.zeros(b * n_samples, dtype=torch.float64, device=inputs.device)
 
         def rows(idx: Tensor) -> Tensor:
             s = sample[idx].to(inputs.device)
             eps = torch.stack([
-                torch.randn(inputs.shape[1:], generator=row_generator(gen_seed, i, d), dtype=torch.float32)
+                torch.randn(inputs.shape[1:], generator=row_generator(keys[i], d), dtype=torch.float32)
                 for i, d in zip(sample[idx].tolist(), draw[idx].tolist(), strict=True)
             ]).to(inputs) * noise_std
             pert = eps if perturbation == "gaussian" else inputs[s] - base[s] - eps

@@ -1,8 +1,8 @@
 """ROAD, Remove And Debias (Rong et al. 2022): MoRF/LeRF removal with the removed pixels imputed from their
 neighbours (:func:`~seewhy.metrics.imputation.noisy_linear_imputation`), so the removed set's shape leaks less.
 
-Each (image, order, fraction) draws its noise from a generator derived from (``seed``, the image's position in
-``inputs``, the order, the fraction), so results do not depend on ``batch_size`` nor on the images that follow.
+Each (image, order, fraction) draws its noise from a generator derived from (``seed``, the image's content, the
+order, the fraction), so an image's score depends neither on ``batch_size`` nor on the other images of the call.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..engine import evaluate, generator, row_generator
 from ..hooks import model_state
+from ..methods.controls import image_seeds
 from ..targets import TargetSpec
 from .common import clean_scores, fraction, grid, pixel_map, ranks
 from .imputation import impute
@@ -92,6 +93,7 @@ def road(
         n_o, n_p = len(orders), len(fr)
         sample, which = grid(b, n_o * n_p)
         gen_seed = generator(seed)[1]
+        keys = image_seeds(inputs, gen_seed)  # draws keyed by image content: batch-invariant
         lerf_flag = torch.tensor([o == "lerf" for o in orders], device=inputs.device)
 
         def rows(idx: Tensor) -> Tensor:
@@ -100,7 +102,7 @@ def road(
             r = order_ranks[s.to(order_ranks.device)]
             c = counts[p.to(counts.device)].view(-1, 1, 1, 1)
             removed = torch.where(lerf_flag[o.to(lerf_flag.device)].view(-1, 1, 1, 1), r >= n - c, r < c)
-            gens = [row_generator(gen_seed, int(i), int(orders[oi] == "lerf"), int(pi))
+            gens = [row_generator(keys[int(i)], int(orders[oi] == "lerf"), int(pi))
                     for i, oi, pi in zip(s.tolist(), o.tolist(), p.tolist(), strict=True)]
             return impute(inputs[s.to(inputs.device)], ~removed, noise, gens, tol, max_iter)
 

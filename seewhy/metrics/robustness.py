@@ -17,6 +17,7 @@ from ..core import Method
 from ..engine import generator, row_generator, slices
 from ..hooks import model_state
 from ..methods.base import copies_per_call
+from ..methods.controls import image_seeds
 from ..progress import progress
 from ..targets import Target, TargetSpec
 from .common import explainer, positive_int, prepare
@@ -53,7 +54,8 @@ def sensitivities(
     The norm is the vector ``norm`` (2: Frobenius) over all values of an explanation; an all-zero Phi(x) is divided
     by 1 (as Captum). ``attributions``: Phi(x) from the same method (None: computed here). ``radius`` is in the model's
     input units (for ImageNet-normalised inputs one unit is about 0.23 of the [0, 1] pixel range). Each (image, draw)
-    has its own noise from ``seed``; ``batch_size`` perturbed inputs go to the method at once (default:
+    has its own noise from ``seed`` and the image's content (not its place in the batch); ``batch_size`` perturbed
+    inputs go to the method at once (default:
     :func:`~seewhy.methods.base.copies_per_call`, fewer for a method that costs more evaluations per image: any
     registered method works).
     """
@@ -72,6 +74,7 @@ def sensitivities(
         b = inputs.shape[0]
         size = copies_per_call(explain, inputs) if batch_size is None else positive_int(batch_size, "batch_size")
         gen_seed = generator(seed)[1]
+        keys = image_seeds(inputs, gen_seed)  # draws keyed by image content: batch-invariant
         sample = torch.arange(b).repeat_interleave(n_samples)
         draw = torch.arange(n_samples).repeat(b)
         ref = phi.flatten(1).double()
@@ -82,7 +85,7 @@ def sensitivities(
             for sl in slices(b * n_samples, size):
                 s = sample[sl]
                 u = torch.stack([
-                    torch.rand(inputs.shape[1:], generator=row_generator(gen_seed, i, k), dtype=torch.float32)
+                    torch.rand(inputs.shape[1:], generator=row_generator(keys[i], k), dtype=torch.float32)
                     for i, k in zip(s.tolist(), draw[sl].tolist(), strict=True)
                 ]).to(inputs)
                 y = inputs[s.to(inputs.device)] + (2 * u - 1) * radius
