@@ -72,10 +72,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as err:  # bad input: one line, no traceback
         if args.verbose:
             log.exception("error")
-        print(f"seewhy: error: {err}", file=sys.stderr)  # noqa: T201  (the one line a user reads)
+        log.error("%s", err)  # the one line a user reads (the handler above shows errors even with -q)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("seewhy: interrupted; no report was written", file=sys.stderr)  # noqa: T201
+        log.error("interrupted; no report was written")
         return EXIT_INTERRUPTED
     finally:
         if args.quiet:
