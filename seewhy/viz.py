@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = [
     "apply_colormap",
     "data_uri",
+    "draw_box",
+    "feature_map_grid",
+    "filter_grid",
     "grid",
     "heat_to_image",
     "line_plot",
@@ -313,6 +316,83 @@ def grid(cells: Sequence[Sequence[np.ndarray | None]], *, row_labels: Sequence[s
             _draw_text(d, (pad // 2, y), text)
         canvas = np.asarray(pil).copy()
     return canvas
+
+
+# ------------------------------------------------------------------------------------- inside a network
+
+
+def _tile(a: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 (h,w[,3]) array enlarged with nearest-neighbour sampling so its longer side is ``size``."""
+    img = Image.fromarray(a)
+    scale = max(1, size // max(a.shape[0], a.shape[1]))
+    return np.asarray(img.resize((a.shape[1] * scale, a.shape[0] * scale), Image.Resampling.NEAREST).convert("RGB"))
+
+
+def filter_grid(weights: Tensor, *, max_filters: int = 64, max_channels: int = 8, tile: int = 32,
+                columns: int = 8) -> np.ndarray:
+    """Convolution filters (K, C, kh, kw) as one picture, uint8 (H,W,3).
+
+    Normalisation (one scale for the whole layer, so filters compare and signs show): ``0.5 + 0.5 * w / max|w|``,
+    mid-grey is zero, brighter positive, darker negative. With C == 3 (a first layer on RGB) each filter is one
+    colour tile, ``columns`` per row; otherwise each filter is a row of grey tiles, one per input channel (the first
+    ``max_channels``). At most ``max_filters`` filters are drawn; tiles are enlarged to ``tile`` pixels.
+    """
+    w = torch.as_tensor(weights).detach().to("cpu", torch.float64)
+    if w.ndim != 4:
+        raise ValueError(f"weights must be (K, C, kh, kw), got {tuple(w.shape)}; use seewhy.inside.filters(model)")
+    w = w[:max_filters]
+    v = (0.5 + 0.5 * w / w.abs().max().clamp(min=_EPS)).clamp(0, 1)
+    u8 = (v * 255).round().to(torch.uint8).numpy()
+    if w.shape[1] == 3:
+        tiles = [_tile(np.ascontiguousarray(f.transpose(1, 2, 0)), tile) for f in u8]
+        rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+        return grid(rows, pad=2)
+    rows = [[_tile(np.ascontiguousarray(c), tile) for c in f[:max_channels]] for f in u8]
+    labels = [f"filter {i}" for i in range(len(rows))]
+    cols = [f"in {j}" for j in range(min(max_channels, w.shape[1]))]
+    return grid(rows, row_labels=labels, col_labels=cols, pad=2)
+
+
+def feature_map_grid(maps: Tensor, *, n: int = 16, channels: Sequence[int] | None = None, columns: int = 8,
+                     tile: int = 96, cmap: str = "viridis") -> np.ndarray:
+    """One image's feature maps (K,h,w) (or the first image of (B,K,h,w)) as a labelled grid, uint8 (H,W,3).
+
+    Shows ``channels`` if given, else the ``n`` channels with the highest mean activation. One scale for all the maps
+    shown (min to max over them), so tiles compare; each tile is labelled with its channel and mean.
+    """
+    m = torch.as_tensor(maps).detach().to("cpu", torch.float64)
+    if m.ndim == 4:
+        m = m[0]
+    if m.ndim != 3:
+        raise ValueError(f"maps must be (K,h,w) or (B,K,h,w), got {tuple(m.shape)}")
+    if channels is None:
+        channels = torch.sort(-m.mean(dim=(1, 2)), stable=True).indices[:n].tolist()
+    bad = [c for c in channels if not 0 <= int(c) < m.shape[0]]
+    if bad:
+        raise ValueError(f"channels {bad} out of range for {m.shape[0]} maps")
+    shown = m[[int(c) for c in channels]]
+    lo, hi = shown.min(), shown.max()
+    norm = (shown - lo) / (hi - lo).clamp(min=_EPS)
+    tiles = [_tile(apply_colormap(t, cmap), tile) for t in norm.numpy()]
+    labels = [f"ch {int(c)}\nmean {float(t.mean()):.3g}" for c, t in zip(channels, shown, strict=True)]
+    cells = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    lab_rows = [labels[i:i + columns] for i in range(0, len(labels), columns)]
+    out = []
+    for row, labs in zip(cells, lab_rows, strict=True):
+        out.append(grid([row + [None] * (columns - len(row))], col_labels=labs + [""] * (columns - len(labs)), pad=2))
+    width = max(o.shape[1] for o in out)
+    return np.concatenate([np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0)), constant_values=255) for o in out])
+
+
+def draw_box(image: np.ndarray | Image.Image, box: Sequence[int], *, colour: tuple[int, int, int] = (255, 0, 0),
+             width: int = 2) -> np.ndarray:
+    """A copy of the image with a rectangle ``box`` = (top, left, bottom, right) drawn on it (bottom/right
+    exclusive, as :meth:`seewhy.inside.ReceptiveField.box` gives), uint8 (H,W,3)."""
+    pil = Image.fromarray(_as_rgb(image)).copy()
+    top, left, bottom, right = (int(v) for v in box)
+    ImageDraw.Draw(pil).rectangle([left, top, max(left, right - 1), max(top, bottom - 1)], outline=colour,
+                                  width=width)
+    return np.asarray(pil).copy()
 
 
 # ------------------------------------------------------------------------------------------ encoding

@@ -1,0 +1,149 @@
+"""Images per second of seewhy.inside's dataset passes on efficientnet_lite0 at 224 px, against the best measured
+forward; embed's cost split into features and projection; peak memory of 200 vs 2,000 images.
+
+Run:  python benchmarks/bench_inside.py [--images 64] [--repeat 3] [--threads 2] [--memory-images 200,2000]
+      smoke run: python benchmarks/bench_inside.py --images 8 --repeat 1 --memory-images 8,16 --out -
+
+- **Reference**: the best measured per-image forward of the whole model (batch sizes 1..engine's x both memory
+  formats, inference mode; ``common.best_forward``), re-measured next to each call (interleaved, one warm-up each).
+- ``top_patches`` (k=9, all units) and ``dissect`` (the 11 colour concepts, two passes: thresholds, then IoU) run on
+  the same photos as a tensor, at the engine's batch size; their forwards stop after the layer, so an early layer
+  costs less than a whole forward. Goal: within 1.3x of the reference.
+- ``top_patches`` from a folder of JPEG files adds decoding and preprocessing (in a background thread).
+- ``embed``: the seconds of the feature pass and of the projection, as ``Embedding.seconds`` measures them.
+- Memory: each call in a fresh process over a folder of N JPEG files (``common.peak_memory``: VmHWM after the
+  call minus VmRSS before it).
+Writes benchmarks/results/inside.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import MEMORY, RESULTS, best_forward, environment, interleaved, ms, peak_memory, table, write
+from PIL import Image
+
+from seewhy import zoo
+from seewhy.images import BUNDLED, bundled_image
+from seewhy.progress import quiet
+
+PATCH_LAYERS = ("_blocks.2", "_blocks.5", "_blocks.10", "_features")
+DISSECT_LAYERS = ("_blocks.2", "_blocks.5")
+
+
+def photo_folder(root: Path, n: int, side: int = 256) -> Path:
+    """``n`` JPEG files: random crops (seeded) of the bundled photos, ``side`` pixels square."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    photos = [np.asarray(bundled_image(name)) for name in BUNDLED]
+    for i in range(n):
+        p = photos[i % len(photos)]
+        s = int(rng.integers(side // 2, min(p.shape[:2])))
+        t, left = (int(rng.integers(0, d - s + 1)) for d in p.shape[:2])
+        Image.fromarray(p[t:t + s, left:left + s]).resize((side, side)).save(root / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def crops(n: int) -> torch.Tensor:
+    """``n`` preprocessed crops of the photos (model inputs, 224 px)."""
+    spec = zoo.get_spec("efficientnet_lite0")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = photo_folder(Path(tmp), n)
+        return torch.stack([spec.preprocess(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())])
+
+
+def memory_case(case: str | None, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opts: dict):
+    """The child side of ``common.peak_memory``: a call over the folder ``opts["folder"]``."""
+    from seewhy.inside import colour_concepts, dissect, top_patches
+
+    folder = opts.get("folder")
+    if case == "top_patches":
+        return lambda: top_patches(model, folder, "_blocks.5", k=9)
+    if case == "dissect":
+        return lambda: dissect(model, folder, colour_concepts, "_blocks.2")
+    return lambda: None
+
+
+def speed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> tuple[str, list[str]]:
+    from seewhy.inside import colour_concepts, dissect, top_patches
+
+    best = best_forward(model, x, args.repeat)
+    n = x.shape[0]
+    calls = {f"top_patches {layer}": (lambda layer=layer: top_patches(model, x, layer, k=9))
+             for layer in PATCH_LAYERS}
+    calls.update({f"dissect {layer}": (lambda layer=layer: dissect(model, x, colour_concepts, layer))
+                  for layer in DISSECT_LAYERS})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = photo_folder(Path(tmp) / "photos", n)
+        calls["top_patches _blocks.5 (JPEG folder)"] = lambda: top_patches(model, folder, "_blocks.5", k=9)
+        rows = []
+        for name, fn in calls.items():
+            t = interleaved({"ref": best.step, "call": fn}, args.repeat)
+            best.update(t["ref"].min / best.images)
+            per_image = t["call"].min / n
+            rows.append((name, per_image))
+    lines = [(name, f"{1 / sec:.1f}", ms(sec), f"{sec / best.seconds:.2f}x") for name, sec in rows]
+    header = (f"Reference: best forward {ms(best.seconds)} ms per image ({1 / best.seconds:.1f} images/s, "
+              f"{best.where}), {n} images per call.")
+    return header, [table(["call", "images/s", "ms per image", "vs best forward"], lines)]
+
+
+def embed_costs(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> str:
+    from seewhy.inside import embed
+
+    rows = []
+    for method in ("pca", "tsne", "umap"):
+        try:
+            embed(model, x[:8], "_features", method=method)  # warm-up (UMAP compiles with numba)
+            e = embed(model, x, "_features", method=method)
+        except ImportError as err:
+            rows.append((method, "-", "-", f"not run: {err}"))
+            continue
+        f, p = e.seconds["features"], e.seconds["projection"]
+        rows.append((method, f"{f:.2f}", f"{p:.2f}", f"{x.shape[0]} images, 1280 features"))
+    return table(["method", "features s", "projection s", "note"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-images", default="200,2000")
+    parser.add_argument("--out", default=str(RESULTS / "inside.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = zoo.load("efficientnet_lite0")
+    x = crops(args.images)
+    with quiet():
+        header, speed_tables = speed(args, model, x)
+        embed_table = embed_costs(args, model, x)
+    memory_rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(v) for v in args.memory_images.split(",")):
+            folder = photo_folder(Path(tmp) / f"n{n}", n)
+            row = [str(n)]
+            for case in ("top_patches", "dissect"):
+                mb = peak_memory("bench_inside", case, batch=1, threads=args.threads, opts={"folder": str(folder)})
+                row.append(f"{mb:.0f}")
+            memory_rows.append(row)
+    text = "\n\n".join([
+        "# seewhy.inside: dataset passes on efficientnet_lite0 (224 px)",
+        environment(),
+        header,
+        *speed_tables,
+        "## embed: features and projection (seconds)",
+        embed_table,
+        "## Peak memory over a folder of JPEG files (MB)",
+        MEMORY,
+        table(["images", "top_patches _blocks.5", "dissect _blocks.2 (colours)"], memory_rows),
+    ])
+    write(text, None if args.out == "-" else Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
