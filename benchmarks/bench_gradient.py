@@ -39,8 +39,8 @@ from common import (
 )
 
 import seewhy
-from seewhy.hooks import model_state
 from seewhy.engine import default_batch_size
+from seewhy.hooks import model_state
 
 REF, TRAIN = "input-only forward+backward (reference)", "training-style forward+backward"
 

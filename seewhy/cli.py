@@ -11,6 +11,12 @@
     seewhy protopnet train DATA_DIR --out RUN_DIR [--backbone NAME] [--epochs N] ...
     seewhy protopnet explain RUN_DIR IMAGE... --out DIR [--target top1|N|NAME] [--top-k K]
     seewhy protopnet prototypes RUN_DIR --out DIR [--k K]
+    seewhy inside filters --model NAME|SPEC [--layer L] [--max-filters N] --out DIR
+    seewhy inside maps IMAGE... --model NAME|SPEC [--layer L] [--top N | --channels 1,2,3] --out DIR
+    seewhy inside patches DATA... --model NAME|SPEC [--layer L] [--units 0,1,5 | --top-units N] [--k K] --out DIR
+    seewhy inside embed DATA... --model NAME|SPEC [--layer L] [--method umap|tsne|pca] [--grid] [--seed N] --out DIR
+    seewhy inside dissect DATA... --model NAME|SPEC [--layer L] [--concepts colours|FOLDER] [--quantile Q]
+                  [--iou-threshold T] [--top-patches K] --out DIR
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -54,6 +60,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
 from .core import METHODS
 from .hooks import model_state
 from .inputs import load_inputs, predict, prepare, stack_batches
+from .inside.cli import add_parser as add_inside_parser
 from .plan import check_target, give_layer, plan_methods, plan_metrics
 from .plan import select_methods as _methods  # noqa: F401  (tests read cli._methods)
 from .progress import format_seconds
@@ -92,7 +99,7 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet)."""
+    """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub, run_options)
     _add_listings(sub, common)
     add_protopnet_parser(sub, common)
+    add_inside_parser(sub, common)
     return parser
 
 

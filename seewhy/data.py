@@ -66,8 +66,9 @@ class ImageData:
         self.classes = list(classes) if classes is not None else None
         self.mean = tuple(float(v) for v in mean) if mean is not None else None
         self.std = tuple(float(v) for v in std) if std is not None else None
-        #: ``(path or "image i", reason)`` of every image that could not be read so far
+        #: ``(path or "image i", reason)`` of every image the last pass could not read
         self.skipped: list[tuple[str, str]] = []
+        self._warned: set[int] = set()  # each unreadable image is logged once, however many passes
 
     def __len__(self) -> int:
         return self._n
@@ -120,7 +121,9 @@ class ImageData:
 
     def _skip(self, index: int, reason: str) -> None:
         name = self.name(index)
-        log.warning("skipping %s: %s", name, reason)
+        if index not in self._warned:
+            self._warned.add(index)
+            log.warning("skipping %s: %s", name, reason)
         self.skipped.append((name, reason))
 
     def first(self) -> Tensor:

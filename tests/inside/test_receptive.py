@@ -341,3 +341,19 @@ def test_model_left_unchanged():
     assert [p.requires_grad for p in net.parameters()] == flags
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())  # BN statistics untouched
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_user_written_efficientnet_has_the_same_fields():
+    """The "any model" check: a user-style EfficientNet-Lite0 (its own padding module, 'same' convolutions, in-place
+    ReLU6 modules, no seewhy helpers) gives the fields of the zoo's, block by block."""
+    from conftest import user_efficientnet
+
+    from seewhy import zoo
+
+    user = user_efficientnet().build(pretrained=False).eval()
+    ours = zoo.load("efficientnet_lite0", pretrained=False)
+    for block in (0, 2, 5, 10, 15):
+        mine = receptive_field(ours, f"_blocks.{block}", (224, 224))
+        theirs = receptive_field(user, f"blocks.{block}", (224, 224))
+        assert (mine.size, mine.stride, mine.offset) == (theirs.size, theirs.stride, theirs.offset), block
+        assert mine.box(3, 4) == theirs.box(3, 4)
