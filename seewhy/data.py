@@ -2,11 +2,11 @@
 or a DataLoader, behind one small interface, :class:`ImageData`.
 
 Everything that looks at a whole dataset (:mod:`seewhy.inside`: top patches, embeddings, dissection) walks it with
-:meth:`ImageData.batches`, which holds at most two batches in memory (the next one is decoded in a background thread
-while the model runs), reports unreadable files once (logged, listed in :attr:`ImageData.skipped`) and never fails
-because of one file. Files are preprocessed for the model: by its zoo spec's preprocessing when
-:func:`seewhy.zoo.spec_of` knows it, else ImageNet's (shorter side 256, centre crop 224, ImageNet mean/std), or by
-the ``transform`` given.
+:meth:`ImageData.batches`, which holds at most two batches in memory (for files, the next batch is decoded and resized
+in a background thread while the model runs), reports unreadable files once (logged, listed in
+:attr:`ImageData.skipped`) and never fails because of one file. Files are preprocessed for the model: by its zoo
+spec's preprocessing when :func:`seewhy.zoo.spec_of` knows it, else ImageNet's (shorter side 256, centre crop 224,
+ImageNet mean/std), or by the ``transform`` given.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class ImageData:
                  *, paths: Sequence[str] | None = None, labels: Tensor | None = None,
                  classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, stream: Callable[[], Iterator[tuple[Tensor, Tensor | None]]]
-                 | None = None, random_access: bool = True) -> None:
+                 | None = None, random_access: bool = True, prefetch: Callable[[list[int]], Any] | None = None,
+                 finish: Callable[[Any], tuple[Tensor, list[int], list[tuple[int, str]]]] | None = None) -> None:
         self._n = int(n)
         self._load = load
+        self._prefetch, self._finish = prefetch, finish
         self._stream = stream
         self.random_access = random_access
         self.paths = list(paths) if paths is not None else None
@@ -89,8 +91,8 @@ class ImageData:
 
     def batches(self, batch_size: int, device: torch.device | str | None = None, *, desc: str = "images",
                 progress: bool | None = None) -> Iterator[Batch]:
-        """The dataset in order, ``batch_size`` readable images at a time, on ``device``; the next batch is read in a
-        background thread while the caller works on this one."""
+        """The dataset in order, ``batch_size`` readable images at a time, on ``device``; for files the next batch is
+        decoded in a background thread while the caller works on this one."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.skipped = []
@@ -104,17 +106,30 @@ class ImageData:
             yield from _recut(self._stream(), size)
             return
         starts = range(0, self._n, size)
+        if self._prefetch is None or self._finish is None:  # in memory: nothing to overlap
+            for start in starts:
+                yield from self._batch(self._read(start, size))
+            return
+        # files: the next batch is decoded (PIL only, no torch op: a torch op on a second thread would start a second
+        # OpenMP team next to the model's) while the model runs on this one
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seewhy-data") as pool:
             pending: Future | None = None
             for k, start in enumerate(starts):
-                current = pending.result() if pending is not None else self._read(start, size)
-                pending = pool.submit(self._read, start + size, size) if k + 1 < len(starts) else None
-                x, read, failed = current
-                for i, reason in failed:
-                    self._skip(i, reason)
-                if read:
-                    idx = torch.tensor(read, dtype=torch.long)
-                    yield x, idx, (self.labels[idx] if self.labels is not None else None)
+                rows = list(range(start, min(start + size, self._n)))
+                fetched = pending.result() if pending is not None else self._prefetch(rows)
+                if k + 1 < len(starts):
+                    nxt = list(range(start + size, min(start + 2 * size, self._n)))
+                    pending = pool.submit(self._prefetch, nxt)
+                yield from self._batch(self._finish(fetched))
+
+    def _batch(self, got: tuple[Tensor, list[int], list[tuple[int, str]]]
+               ) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        x, read, failed = got
+        for i, reason in failed:
+            self._skip(i, reason)
+        if read:
+            idx = torch.tensor(read, dtype=torch.long)
+            yield x, idx, (self.labels[idx] if self.labels is not None else None)
 
     def _read(self, start: int, size: int) -> tuple[Tensor, list[int], list[tuple[int, str]]]:
         return self._load(list(range(start, min(start + size, self._n))))
@@ -256,22 +271,38 @@ def _file_data(paths: list[str], labels: Any, classes: list[str] | None, model: 
 
         spec = spec_of(model) if model is not None else None
         if spec is not None:
-            transform = spec.preprocess
+            geometry = (spec.resize, spec.crop, spec.interpolation)
             mean, std = (spec.mean, spec.std) if mean is None else (mean, std)
+            norm = (spec.mean, spec.std)
         else:
+            geometry = (256, 224, "bicubic")
             mean, std = (IMAGENET_MEAN, IMAGENET_STD) if mean is None else (mean, std)
-            m, s = mean, std
-            transform = lambda img: images.preprocess(img, mean=m, std=s)  # noqa: E731
+            norm = (mean, std)
+        pre = lambda img: images.resize_crop(img, *geometry)  # noqa: E731  (PIL only: runs in the prefetch thread)
+        post = lambda img: images.normalize(images.to_tensor(img), *norm)  # noqa: E731
     elif not callable(transform):
         raise TypeError(f"transform must be a callable PIL image -> (C,H,W) tensor, got {type(transform).__name__}")
+    else:
+        pre, post = (lambda img: img), transform
     shape: dict[str, tuple[int, ...]] = {}
 
-    def load(indices: Sequence[int]) -> tuple[Tensor, list[int], list[tuple[int, str]]]:
-        xs, read, failed = [], [], []
+    def fetch(indices: Sequence[int]) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+        got, failed = [], []
         for i in indices:
             try:
-                x = transform(images.load_image(paths[i]))
+                got.append((i, pre(images.load_image(paths[i]))))
             except (ValueError, OSError) as err:  # ImageError is a ValueError
+                failed.append((i, str(err)))
+        return got, failed
+
+    def finish(fetched: tuple[list[tuple[int, Any]], list[tuple[int, str]]]
+               ) -> tuple[Tensor, list[int], list[tuple[int, str]]]:
+        got, failed = fetched
+        xs, read = [], []
+        for i, img in got:
+            try:
+                x = post(img)
+            except (ValueError, OSError) as err:
                 failed.append((i, str(err)))
                 continue
             if not isinstance(x, Tensor) or x.ndim != 3:
@@ -282,10 +313,13 @@ def _file_data(paths: list[str], labels: Any, classes: list[str] | None, model: 
                                  "to a fixed size")
             xs.append(x)
             read.append(i)
-        return (torch.stack(xs) if xs else torch.empty(0)), read, failed
+        return (torch.stack(xs) if xs else torch.empty(0)), read, sorted(failed)
+
+    def load(indices: Sequence[int]) -> tuple[Tensor, list[int], list[tuple[int, str]]]:
+        return finish(fetch(indices))
 
     return ImageData(len(paths), load, paths=paths, labels=_labels(labels, len(paths)), classes=classes,
-                     mean=mean, std=std)
+                     mean=mean, std=std, prefetch=fetch, finish=finish)
 
 
 def _split(item: Any) -> tuple[Tensor, Tensor | None]:

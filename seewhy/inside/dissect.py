@@ -194,18 +194,16 @@ class _Counts:
         ku = max(1, min(k_all, BUDGET // (n * pixels)))
         cc = max(1, min(c_all, BUDGET // (n * pixels)))
         for i in range(0, b, n):
+            blocks = [(j, masks[i:i + n, j:j + cc]) for j in range(0, c_all, cc)]
+            flat = [(j, blk.transpose(0, 1).reshape(blk.shape[1], -1).float()) for j, blk in blocks]
             for k in range(0, k_all, ku):
                 a = acts[i:i + n, k:k + ku].float()
                 if tuple(a.shape[-2:]) != size:
                     a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
                 unit_masks = a > thresholds[k:k + ku].view(1, -1, 1, 1)
-                self.unit_area[k:k + ku] += unit_masks.sum((0, 2, 3)).cpu().double()
-                if not c_all:
-                    continue
                 m = unit_masks.transpose(0, 1).reshape(unit_masks.shape[1], -1).float()
-                for j in range(0, c_all, cc):
-                    block = masks[i:i + n, j:j + cc]
-                    lf = block.transpose(0, 1).reshape(block.shape[1], -1).float()
+                self.unit_area[k:k + ku] += m.sum(1).cpu().double()  # a float sum: exact below 2**24 per block
+                for j, lf in flat:
                     self.inter[k:k + ku].index_add_(1, present[j:j + cc], (m @ lf.T).cpu().double())
 
     def iou(self) -> Tensor:
