@@ -19,6 +19,7 @@ Writes benchmarks/results/inside.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from seewhy.progress import quiet
 PATCH_LAYERS = ("_blocks.2", "_blocks.5", "_blocks.10", "_features")
 DISSECT_LAYERS = ("_blocks.2", "_blocks.5")
 MEMORY_BATCH = 8
+USER_FILE = Path(__file__).parent.parent / "examples" / "user_efficientnet.py"
 
 
 def photo_folder(root: Path, n: int, side: int = 256) -> Path:
@@ -72,28 +74,49 @@ def memory_case(case: str | None, model: torch.nn.Module, x: torch.Tensor, targe
     return lambda: None
 
 
-def speed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> tuple[str, list[str]]:
-    from seewhy.inside import colour_concepts, dissect, top_patches
+def user_model() -> torch.nn.Module:
+    """examples/user_efficientnet.py: EfficientNet-Lite0 written as a user would (no seewhy helpers)."""
+    spec = importlib.util.spec_from_file_location("user_efficientnet", USER_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build(pretrained=True).eval()
 
+
+def timed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, calls: dict) -> tuple[str, str]:
+    """The calls timed interleaved with the model's best forward: (header line, table)."""
     best = best_forward(model, x, args.repeat)
     n = x.shape[0]
+    rows = []
+    for name, fn in calls.items():
+        t = interleaved({"ref": best.step, "call": fn}, args.repeat)
+        best.update(t["ref"].min / best.images)
+        rows.append((name, t["call"].min / n))
+    lines = [(name, f"{1 / sec:.1f}", ms(sec), f"{sec / best.seconds:.2f}x") for name, sec in rows]
+    header = (f"Reference: best forward {ms(best.seconds)} ms per image ({1 / best.seconds:.1f} images/s, "
+              f"{best.where}), {n} images per call.")
+    return header, table(["call", "images/s", "ms per image", "vs best forward"], lines)
+
+
+def speed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    from seewhy.inside import colour_concepts, dissect, top_patches
+
     calls = {f"top_patches {layer}": (lambda layer=layer: top_patches(model, x, layer, k=9))
              for layer in PATCH_LAYERS}
     calls.update({f"dissect {layer}": (lambda layer=layer: dissect(model, x, colour_concepts, layer))
                   for layer in DISSECT_LAYERS})
     with tempfile.TemporaryDirectory() as tmp:
-        folder = photo_folder(Path(tmp) / "photos", n)
+        folder = photo_folder(Path(tmp) / "photos", x.shape[0])
         calls["top_patches _blocks.5 (JPEG folder)"] = lambda: top_patches(model, folder, "_blocks.5", k=9)
-        rows = []
-        for name, fn in calls.items():
-            t = interleaved({"ref": best.step, "call": fn}, args.repeat)
-            best.update(t["ref"].min / best.images)
-            per_image = t["call"].min / n
-            rows.append((name, per_image))
-    lines = [(name, f"{1 / sec:.1f}", ms(sec), f"{sec / best.seconds:.2f}x") for name, sec in rows]
-    header = (f"Reference: best forward {ms(best.seconds)} ms per image ({1 / best.seconds:.1f} images/s, "
-              f"{best.where}), {n} images per call.")
-    return header, [table(["call", "images/s", "ms per image", "vs best forward"], lines)]
+        out = list(timed(args, model, x, calls))
+    if USER_FILE.exists():  # the "any model" check: a user-style module, its own best forward
+        user = user_model()
+        calls = {f"top_patches {layer}": (lambda layer=layer: top_patches(user, x, layer, k=9))
+                 for layer in ("blocks.5", "blocks.15")}
+        calls["dissect blocks.2"] = lambda: dissect(user, x, colour_concepts, "blocks.2")
+        header, tab = timed(args, user, x, calls)
+        out += ["## The same on a user-style EfficientNet-Lite0 (`examples/user_efficientnet.py`)", header, tab]
+    return out
 
 
 def embed_costs(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> str:
@@ -124,7 +147,7 @@ def main() -> None:
     model = zoo.load("efficientnet_lite0")
     x = crops(args.images)
     with quiet():
-        header, speed_tables = speed(args, model, x)
+        speed_tables = speed(args, model, x)
         embed_table = embed_costs(args, model, x)
     memory_rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +167,6 @@ def main() -> None:
     text = "\n\n".join([
         "# seewhy.inside: dataset passes on efficientnet_lite0 (224 px)",
         environment(),
-        header,
         *speed_tables,
         "## embed: features and projection (seconds)",
         embed_table,

@@ -201,6 +201,14 @@ class _Run:
             return False
         return True
 
+    def start(self, passes: int = 1, note: str = "") -> tuple[int, ...] | None:
+        """Open the data, pick the layer and log the cost: the layer's output shape per image, or None (logged) when
+        no image is readable."""
+        if not self.open_data():
+            return None
+        self.pick_layer()
+        return self.time_layer(passes=passes, note=note)
+
     def pick_layer(self) -> None:
         from ..layers import default_layer, resolve_layer
 
@@ -296,10 +304,9 @@ def _maps(args: argparse.Namespace) -> int:
     from .stream import pick_batch_size
 
     r = _Run(args)
-    if not r.open_data():
+    if (shape := r.start()) is None:
         return EXIT_NOTHING
-    r.pick_layer()
-    k = _conv_shape(r.time_layer(), r.layer, "maps")
+    k = _conv_shape(shape, r.layer, "maps")
     _check_range(args.channels, k, "channels", r.layer)
     rows = []
     size, _ = pick_batch_size(r.model, r.data, args.batch_size)
@@ -322,10 +329,9 @@ def _patches(args: argparse.Namespace) -> int:
     from .patches import top_patches
 
     r = _Run(args)
-    if not r.open_data():
+    if (shape := r.start()) is None:
         return EXIT_NOTHING
-    r.pick_layer()
-    k = _conv_shape(r.time_layer(), r.layer, "patches")
+    k = _conv_shape(shape, r.layer, "patches")
     _check_range(args.units, k, "units", r.layer)
     units = args.units or (None if args.top_units else list(range(min(DEFAULT_UNITS, k))))
     top = top_patches(r.model, r.data, r.layer, units=units, k=args.k, batch_size=args.batch_size)
@@ -347,10 +353,8 @@ def _embed(args: argparse.Namespace) -> int:
 
         _import_umap()  # a missing umap-learn is a usage error before any work
     r = _Run(args)
-    if not r.open_data():
+    if r.start(note=f"the {method} projection comes on top") is None:
         return EXIT_NOTHING
-    r.pick_layer()
-    r.time_layer(note=f"the {method} projection comes on top")
     emb = embed(r.model, r.data, r.layer, method=method, seed=args.seed, batch_size=args.batch_size)
     pictures = {"scatter": scatter(emb, r.data)}
     if args.grid:
@@ -374,11 +378,10 @@ def _dissect(args: argparse.Namespace) -> int:
 
     concepts = _concepts(args.concepts)
     r = _Run(args)
-    if not r.open_data():
-        return EXIT_NOTHING
-    r.pick_layer()
     note = "the detectors' top patches take one more pass" if args.top_patches else ""
-    _conv_shape(r.time_layer(passes=2, note=note), r.layer, "dissect")
+    if (shape := r.start(passes=2, note=note)) is None:
+        return EXIT_NOTHING
+    _conv_shape(shape, r.layer, "dissect")
     result = dissect(r.model, r.data, concepts, r.layer, quantile=args.quantile,
                      iou_threshold=args.iou_threshold, batch_size=args.batch_size)
     shown = result.detectors()[:MAX_DETECTORS]
