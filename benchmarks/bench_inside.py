@@ -4,8 +4,10 @@ forward; embed's cost split into features and projection; peak memory of 200 vs 
 Run:  python benchmarks/bench_inside.py [--images 64] [--repeat 3] [--threads 2] [--memory-images 200,2000]
       smoke run: python benchmarks/bench_inside.py --images 8 --repeat 1 --memory-images 8,16 --out -
 
-- **Reference**: the best measured per-image forward of the whole model (batch sizes 1..engine's x both memory
-  formats, inference mode; ``common.best_forward``), re-measured next to each call (interleaved, one warm-up each).
+- **References**: the best measured per-image forward of the whole model (batch sizes 1..engine's x both memory
+  formats, inference mode; ``common.best_forward``), the issue's yardstick; and the same work as the call: the
+  forward stopped after the call's layer by a plain hook, at that batch size (twice for dissect). Both are timed
+  interleaved with each call (one warm-up each).
 - ``top_patches`` (k=9, all units) and ``dissect`` (the 11 colour concepts, two passes: thresholds, then IoU) run on
   the same photos as a tensor, at the engine's batch size; their forwards stop after the layer, so an early layer
   costs less than a whole forward. Goal: within 1.3x of the reference.
@@ -22,6 +24,7 @@ import argparse
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,37 +86,70 @@ def user_model() -> torch.nn.Module:
     return module.build(pretrained=True).eval()
 
 
+class _Stop(Exception):
+    pass
+
+
+def layer_forward(model: torch.nn.Module, x: torch.Tensor, layer: str, batch: int) -> Callable[[], None]:
+    """The same-work reference of a pass: the model's forward up to ``layer`` (a plain forward hook that ends it),
+    inference mode, channels_last, ``batch`` images at a time."""
+    module = model.get_submodule(layer)
+    xs = [x[i:i + batch].contiguous(memory_format=torch.channels_last) for i in range(0, x.shape[0], batch)]
+
+    def hook(m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        raise _Stop
+
+    def step() -> None:
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                for xb in xs:
+                    try:
+                        model(xb)
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+
+    return step
+
+
 def timed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, calls: dict) -> tuple[str, str]:
-    """The calls timed interleaved with the model's best forward: (header line, table)."""
+    """The calls timed interleaved with the model's best forward and with its forward stopped after the call's
+    layer (the same work: ``calls`` maps a name to ``(layer, passes, fn)``): (header line, table)."""
     best = best_forward(model, x, args.repeat)
     n = x.shape[0]
     rows = []
-    for name, fn in calls.items():
-        t = interleaved({"ref": best.step, "call": fn}, args.repeat)
-        best.update(t["ref"].min / best.images)
-        rows.append((name, t["call"].min / n))
-    lines = [(name, f"{1 / sec:.1f}", ms(sec), f"{sec / best.seconds:.2f}x") for name, sec in rows]
+    for name, (layer, passes, fn) in calls.items():
+        ref = layer_forward(model, x, layer, best.batch)
+        t = interleaved({"best": best.step, "layer": ref, "call": fn}, args.repeat)
+        best.update(t["best"].min / best.images)
+        rows.append((name, t["call"].min / n, passes * t["layer"].min / n))
+    lines = [(name, f"{1 / sec:.1f}", ms(sec), f"{sec / best.seconds:.2f}x", f"{sec / same:.2f}x")
+             for name, sec, same in rows]
     header = (f"Reference: best forward {ms(best.seconds)} ms per image ({1 / best.seconds:.1f} images/s, "
-              f"{best.where}), {n} images per call.")
-    return header, table(["call", "images/s", "ms per image", "vs best forward"], lines)
+              f"{best.where}), {n} images per call. Same work: the forward stopped after the layer, at that batch "
+              "size (twice for dissect's two passes), timed interleaved with the call.")
+    return header, table(["call", "images/s", "ms per image", "vs best forward", "vs forward to the layer"], lines)
 
 
 def speed(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor) -> list[str]:
     from seewhy.inside import colour_concepts, dissect, top_patches
 
-    calls = {f"top_patches {layer}": (lambda layer=layer: top_patches(model, x, layer, k=9))
+    calls = {f"top_patches {layer}": (layer, 1, lambda layer=layer: top_patches(model, x, layer, k=9))
              for layer in PATCH_LAYERS}
-    calls.update({f"dissect {layer}": (lambda layer=layer: dissect(model, x, colour_concepts, layer))
+    calls.update({f"dissect {layer}": (layer, 2, lambda layer=layer: dissect(model, x, colour_concepts, layer))
                   for layer in DISSECT_LAYERS})
     with tempfile.TemporaryDirectory() as tmp:
         folder = photo_folder(Path(tmp) / "photos", x.shape[0])
-        calls["top_patches _blocks.5 (JPEG folder)"] = lambda: top_patches(model, folder, "_blocks.5", k=9)
+        calls["top_patches _blocks.5 (JPEG folder)"] = ("_blocks.5", 1,
+                                                        lambda: top_patches(model, folder, "_blocks.5", k=9))
         out = list(timed(args, model, x, calls))
     if USER_FILE.exists():  # the "any model" check: a user-style module, its own best forward
         user = user_model()
-        calls = {f"top_patches {layer}": (lambda layer=layer: top_patches(user, x, layer, k=9))
+        calls = {f"top_patches {layer}": (layer, 1, lambda layer=layer: top_patches(user, x, layer, k=9))
                  for layer in ("blocks.5", "blocks.15")}
-        calls["dissect blocks.2"] = lambda: dissect(user, x, colour_concepts, "blocks.2")
+        calls["dissect blocks.2"] = ("blocks.2", 2, lambda: dissect(user, x, colour_concepts, "blocks.2"))
         header, tab = timed(args, user, x, calls)
         out += ["## The same on a user-style EfficientNet-Lite0 (`examples/user_efficientnet.py`)", header, tab]
     return out

@@ -71,6 +71,7 @@ class ImageData:
         #: ``(path or "image i", reason)`` of every image the last pass could not read
         self.skipped: list[tuple[str, str]] = []
         self._warned: set[int] = set()  # each unreadable image is logged once, however many passes
+        self._first: Tensor | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -142,7 +143,12 @@ class ImageData:
         self.skipped.append((name, reason))
 
     def first(self) -> Tensor:
-        """The first readable image as a (1,C,H,W) CPU input (to size batches and layers)."""
+        """The first readable image as a (1,C,H,W) CPU input (to size batches and layers); read once."""
+        if self._first is None:
+            self._first = self._read_first()
+        return self._first
+
+    def _read_first(self) -> Tensor:
         if self._stream is not None:
             for x, _ in self._stream():
                 if len(x):
@@ -165,14 +171,20 @@ class ImageData:
         hi = x.flatten(1).amax(1).view(-1, 1, 1, 1)
         return (x - lo) / (hi - lo).clamp(min=1e-12)
 
+    def images(self, inputs: Tensor) -> list[np.ndarray]:
+        """Model inputs (B,C,H,W) as uint8 (H,W,3) pictures (:func:`seewhy.viz.tensor_to_image` with the data's
+        ``mean``/``std``; min-max per image without them)."""
+        from .viz import tensor_to_image  # viz imports matplotlib: only when pictures are drawn
+
+        known = self.mean is not None and self.std is not None and len(self.mean) == inputs.shape[1]
+        return list(tensor_to_image(inputs, *((self.mean, self.std) if known else (None, None))))
+
     def picture(self, index: int) -> np.ndarray:
         """Image ``index`` as the model sees it (after resizing and cropping), uint8 (H,W,3)."""
         x, read = self.load([index])
         if not read:
             raise ValueError(f"{self.name(index)} could not be read (see ImageData.skipped)")
-        p = self.pictures(x)[0]
-        p = p.expand(3, -1, -1) if p.shape[0] == 1 else p[:3]
-        return (p * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return self.images(x)[0]
 
 
 def scan_images(root: str | os.PathLike) -> tuple[list[str], list[int] | None, list[str] | None]:

@@ -10,6 +10,7 @@ text). Everything here takes plain data; :mod:`seewhy.report` gathers it.
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import math
 import re
@@ -237,3 +238,27 @@ def _anchor(prefix: str, title: str, taken: set[str]) -> str:
         key = f"{base}-{i}"
     taken.add(key)
     return key
+
+
+# -- shared by every report (explain, evaluate, ProtoPNet, inside) -------------------------------------
+
+
+def enlarge(img: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
+    """Nearest-neighbour upscaling by the integer factor that brings the shorter side to at least ``min_side``:
+    ``(image, factor)``."""
+    f = max(1, -(-min_side // max(1, min(img.shape[:2]))))
+    return (np.repeat(np.repeat(img, f, 0), f, 1) if f > 1 else img), f
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """A CSV file (``\n`` line ends, UTF-8) with ``header`` and ``rows``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -275,13 +275,6 @@ def _done(path: Path, failures: Sequence[tuple[str, str]]) -> int:
     return command.exit_code(failures, [])
 
 
-def _uint8(pictures: Tensor) -> list[np.ndarray]:
-    """Pictures (B,C,H,W) in [0, 1] -> uint8 (H,W,3) arrays."""
-    p = pictures.detach().cpu()
-    p = p.expand(-1, 3, -1, -1) if p.shape[1] == 1 else p[:, :3]
-    return list((p * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-
-
 # -- subcommands ---------------------------------------------------------------------------------------
 
 
@@ -312,7 +305,7 @@ def _maps(args: argparse.Namespace) -> int:
     size, _ = pick_batch_size(r.model, r.data, args.batch_size)
     for batch in r.data.batches(size, r.device, desc=f"feature maps {r.layer}"):
         maps = feature_maps(r.model, batch.inputs, r.layer).cpu()
-        for j, (i, picture) in enumerate(zip(batch.indices.tolist(), _uint8(r.data.pictures(batch.inputs)),
+        for j, (i, picture) in enumerate(zip(batch.indices.tolist(), r.data.images(batch.inputs),
                                              strict=True)):
             chans = list(args.channels) if args.channels else top_channels(maps[j], args.top)
             rows.append(report.MapRow(images.image_name(r.data.name(i)), r.data.name(i), picture,
@@ -420,29 +413,36 @@ def _detector_patches(r: _Run, result: Any, shown: Sequence[Any], concepts: Any,
     from .concepts import as_concepts
     from .filters import feature_maps
     from .patches import top_patches
+    from .stream import pick_batch_size
 
     units = list(dict.fromkeys(int(d.unit) for d in shown))
     top = top_patches(r.model, r.data, r.layer, units=units, k=k, batch_size=r.args.batch_size)
     source = as_concepts(concepts, r.data, r.first)
-    cache: dict[int, tuple[Tensor, np.ndarray, dict[str, np.ndarray]]] = {}
+    wanted = sorted({rec.index for u in units for rec in top.records(u)})
+    needed = {d.concept for d in shown}  # only the shown detectors' concepts are kept per image
+    found: dict[int, tuple[Tensor, np.ndarray, dict[str, np.ndarray]]] = {}  # maps, picture, concept masks
+    size = pick_batch_size(r.model, r.data, r.args.batch_size)[0]
+    for chunk in (wanted[i:i + size] for i in range(0, len(wanted), size)):  # batched, as the passes are
+        x, read = r.data.load(chunk)
+        if not read:
+            continue
+        x = x.to(r.device)
+        present, masks = source.masks(Batch(x, torch.tensor(read), None), tuple(x.shape[-2:]))
+        maps = feature_maps(r.model, x, r.layer).cpu()
+        for j, (i, picture) in enumerate(zip(read, r.data.images(x), strict=True)):
+            found[i] = (maps[j], picture, {source.names[int(c)]: masks[j, m].cpu().numpy()
+                                          for m, c in enumerate(present) if source.names[int(c)] in needed})
     views: dict[int, list[Any]] = {}
     for d in shown:
         unit = int(d.unit)
         out = views.setdefault(unit, [])
         for rec in top.records(unit):
-            if rec.index not in cache:
-                x, read = r.data.load([rec.index])
-                if not read:
-                    continue
-                x = x.to(r.device)
-                size = tuple(x.shape[-2:])
-                present, masks = source.masks(Batch(x, torch.tensor(read), None), size)
-                cache[rec.index] = (feature_maps(r.model, x, r.layer)[0].cpu(), _uint8(r.data.pictures(x))[0],
-                                    {source.names[int(c)]: masks[0, j].cpu().numpy() for j, c in enumerate(present)})
-            maps, picture, found = cache[rec.index]
-            act = F.interpolate(maps[unit][None, None].float(), size=picture.shape[:2], mode="bilinear",
+            if rec.index not in found:
+                continue
+            maps_i, picture, concept_masks = found[rec.index]
+            act = F.interpolate(maps_i[unit][None, None].float(), size=picture.shape[:2], mode="bilinear",
                                 align_corners=False)[0, 0]
             unit_mask = (act > float(result.thresholds[unit])).numpy()
-            concept_mask = found.get(d.concept, np.zeros(picture.shape[:2], dtype=bool))
+            concept_mask = concept_masks.get(d.concept, np.zeros(picture.shape[:2], dtype=bool))
             out.append(report.DetectorPatch(rec, picture, concept_mask, unit_mask))
     return views, list(top.skipped)

@@ -94,12 +94,7 @@ class TopPatches:
 
     def pictures(self, unit: int) -> list[np.ndarray]:
         """:meth:`patches` as uint8 (h, w, 3) pictures (denormalised as the data's pictures are)."""
-        out = []
-        for crop in self.patches(unit):
-            p = self.data.pictures(crop.unsqueeze(0))[0]
-            p = p.expand(3, -1, -1) if p.shape[0] == 1 else p[:3]
-            out.append((p * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-        return out
+        return [self.data.images(crop.unsqueeze(0))[0] for crop in self.patches(unit)]
 
 
 def _span(units: Sequence[int]) -> str:

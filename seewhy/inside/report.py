@@ -8,9 +8,7 @@ as :func:`seewhy.report_files.write_report_files` does: atomically, ``index.html
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -25,7 +23,7 @@ from .. import images, viz
 from ..fileio import jsonable
 from ..progress import format_seconds
 from ..report_files import prepare_out_dir, versions, write_report_files
-from ..report_layout import jpeg_uri, png_uri, template_env
+from ..report_layout import csv_bytes, enlarge, jpeg_uri, plural, png_uri, template_env
 
 __all__ = ["DetectorPatch", "MapRow", "write_dissect", "write_embed", "write_filters", "write_maps",
            "write_patches"]
@@ -65,21 +63,15 @@ class DetectorPatch:
 # -- pictures ------------------------------------------------------------------------------------------
 
 
-def _enlarge(img: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
-    """Nearest-neighbour upscaling by the integer factor that brings the shorter side to at least ``min_side``."""
-    f = max(1, -(-min_side // max(1, min(img.shape[:2]))))
-    return (np.repeat(np.repeat(img, f, 0), f, 1) if f > 1 else img), f
-
-
 def _boxed(picture: np.ndarray, box: Sequence[int], min_side: int = 128) -> np.ndarray:
     """The picture (enlarged when small) with the box (top, left, bottom, right; exclusive) drawn on it."""
-    big, f = _enlarge(picture, min_side)
+    big, f = enlarge(picture, min_side)
     return viz.draw_box(big, [int(v) * f for v in box], colour=BOX_COLOUR, width=max(1, min(3, f)))
 
 
 def _crop(picture: np.ndarray, box: Sequence[int], min_side: int = 64) -> np.ndarray:
     t, left, b, r = (int(v) for v in box)
-    return _enlarge(np.ascontiguousarray(picture[t:max(b, t + 1), left:max(r, left + 1)]), min_side)[0]
+    return enlarge(np.ascontiguousarray(picture[t:max(b, t + 1), left:max(r, left + 1)]), min_side)[0]
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -97,7 +89,7 @@ def mask_view(patch: DetectorPatch, *, whole: bool = False, min_side: int = 96) 
     concept's mask filled in translucent blue and the unit's thresholded activation outlined in yellow."""
     t, left, b, r = (int(v) for v in patch.record.box)
     region = (slice(None), slice(None)) if whole else (slice(t, max(b, t + 1)), slice(left, max(r, left + 1)))
-    big, f = _enlarge(np.ascontiguousarray(patch.picture[region]), min_side)
+    big, f = enlarge(np.ascontiguousarray(patch.picture[region]), min_side)
 
     def up(m: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(np.asarray(m, dtype=bool)[region], f, 0), f, 1)
@@ -154,12 +146,12 @@ def write_filters(out_dir: str | os.PathLike, header: Mapping[str, Any], weights
 def write_maps(out_dir: str | os.PathLike, header: Mapping[str, Any], rows: Sequence[MapRow], *,
                failures: Sequence[tuple[str, str]] = (), overwrite: bool = False) -> Path:
     """Per image: the input and the grid of its feature maps."""
-    maps = [{"name": r.name, "path": r.path, "input": jpeg_uri(_enlarge(r.picture, 128)[0]), "grid": png_uri(r.grid),
+    maps = [{"name": r.name, "path": r.path, "input": jpeg_uri(enlarge(r.picture, 128)[0]), "grid": png_uri(r.grid),
              "channels": ", ".join(map(str, r.channels))} for r in rows]
     record = {"images": [{"name": r.name, "path": r.path, "shape": list(r.shape),
                           "channels": [{"channel": c, "mean": m} for c, m in zip(r.channels, r.means, strict=True)]}
                          for r in rows]}
-    summary = [_plural(len(rows), "image"), *([f"{len(failures)} could not be read"] if failures else [])]
+    summary = [plural(len(rows), "image"), *([f"{len(failures)} could not be read"] if failures else [])]
     return _write(out_dir, header, summary, record, {"maps": maps}, failures=failures, overwrite=overwrite)
 
 
@@ -183,7 +175,7 @@ def write_patches(out_dir: str | os.PathLike, header: Mapping[str, Any], top: An
     field = {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset),
              "input_size": list(f.input_size), "map_size": list(f.map_size)}
     record = {"field": field, "k": top.k, "images": top.images, "units": recorded}
-    summary = [f"{top.images} images read", _plural(len(units), "unit") + " shown", f"k = {top.k}",
+    summary = [f"{top.images} images read", plural(len(units), "unit") + " shown", f"k = {top.k}",
                *([f"{len(top.skipped)} could not be read"] if top.skipped else [])]
     field_text = {key: " x ".join(f"{v:g}" for v in value) for key, value in field.items()}
     return _write(out_dir, header, summary, record, {"units": shown, "field": field_text}, failures=top.skipped,
@@ -210,16 +202,13 @@ def write_embed(out_dir: str | os.PathLike, header: Mapping[str, Any], embedding
     seconds = {key: float(v) for key, v in e.seconds.items()}
     record = {"method": e.method, "seed": e.seed, "features": [n, k], "seconds": seconds, "classes": e.classes,
               "points": points}
-    table = io.StringIO()
-    w = csv.writer(table, lineterminator="\n")
-    w.writerow(["path", "label", "x", "y"])
-    w.writerows([p["path"], p["label"], p["x"], p["y"]] for p in points)
     summary = [f"{n} images x {k} features", f"{e.method} (seed {e.seed})",
                f"features {format_seconds(seconds['features'])}, projection {format_seconds(seconds['projection'])}",
                *([f"{len(e.skipped)} could not be read"] if e.skipped else [])]
     context = {"figures": figures, "embedding": {"n": n, "k": k, "method": e.method, "seconds": seconds}}
     return _write(out_dir, header, summary, record, context, failures=e.skipped, overwrite=overwrite,
-                  files={"embedding.csv": table.getvalue().encode("utf-8")})
+                  files={"embedding.csv": csv_bytes(["path", "label", "x", "y"],
+                                                      ([p["path"], p["label"], p["x"], p["y"]] for p in points))})
 
 
 def write_dissect(out_dir: str | os.PathLike, header: Mapping[str, Any], result: Any,
@@ -254,16 +243,14 @@ def write_dissect(out_dir: str | os.PathLike, header: Mapping[str, Any], result:
         "shown": [{**{k: v for k, v in d.items() if k != "patches"},
                    "records": [_record(p["record"]) for p in d["patches"]]} for d in shown],
     }
-    table = io.StringIO()
-    w = csv.writer(table, lineterminator="\n")
-    w.writerow(["unit", "concept", "iou", "threshold"])
-    w.writerows([r["unit"], r["concept"], r["iou"], r["threshold"]] for r in rows)
-    summary = [f"{result.images} images", _plural(len(thresholds), "unit"), _plural(len(concepts), "concept"),
-               _plural(len(detectors), "detector"), *([f"{len(failures)} could not be read"] if failures else [])]
+    summary = [f"{result.images} images", plural(len(thresholds), "unit"), plural(len(concepts), "concept"),
+               plural(len(detectors), "detector"), *([f"{len(failures)} could not be read"] if failures else [])]
     context = {"dissection": {"rows": rows, "counts": counts, "detectors": shown, "total": len(detectors),
                               "colours": {"fill": f"rgb{CONCEPT_FILL}", "outline": f"rgb{UNIT_OUTLINE}"}}}
     return _write(out_dir, header, summary, record, context, failures=failures, overwrite=overwrite,
-                  files={"dissection.csv": table.getvalue().encode("utf-8")})
+                  files={"dissection.csv": csv_bytes(["unit", "concept", "iou", "threshold"],
+                                                       ([r["unit"], r["concept"], r["iou"], r["threshold"]]
+                                                        for r in rows))})
 
 
 # -- shared --------------------------------------------------------------------------------------------
@@ -279,10 +266,6 @@ def _name(concepts: Sequence[str], c: Any) -> str:
 
 def _sortable(x: float) -> float:
     return x if x == x else float("-inf")  # NaN last
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _write(out_dir: str | os.PathLike, header: Mapping[str, Any], summary: Sequence[str], record: Mapping[str, Any],

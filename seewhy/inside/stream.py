@@ -7,6 +7,8 @@ batch size is the engine's (:func:`seewhy.engine.batch_size_for`: measured faste
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 import torch
@@ -16,6 +18,9 @@ from ..data import Batch, ImageData
 from ..engine import batch_size_for, prefers_channels_last
 from ..hooks import layer_outputs, model_state
 from ..layers import LayerSpec, resolve_layer
+from ..progress import format_seconds
+
+log = logging.getLogger("seewhy")
 
 __all__ = ["layer_activations", "pick_batch_size", "stream_layer"]
 
@@ -62,5 +67,11 @@ def stream_layer(model: nn.Module, data: ImageData, layer: LayerSpec, *, batch_s
         p = next(model.parameters(), None)
         device = p.device if p is not None else first.device
     cl = prefers_channels_last(model, first)
-    for batch in data.batches(size, device, desc=desc):
-        yield batch, layer_activations(model, batch.inputs, layer, channels_last=cl)
+    start = time.perf_counter()
+    for k, batch in enumerate(data.batches(size, device, desc=desc)):
+        acts = layer_activations(model, batch.inputs, layer, channels_last=cl)
+        if k == 0 and len(data) > 2 * size:  # the cost, said once the first batch has run (reading included)
+            per_image = (time.perf_counter() - start) / len(batch.indices)
+            log.info("%s: about %s for %d images (%d per forward)", desc, format_seconds(per_image * len(data)),
+                     len(data), size)
+        yield batch, acts

@@ -19,9 +19,7 @@ written last, so an interrupted run never leaves a report that looks complete.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import logging
 import os
@@ -37,7 +35,7 @@ import torch
 from .. import viz
 from ..fileio import jsonable
 from ..report_files import prepare_out_dir, versions, write_report_files
-from ..report_layout import template_env
+from ..report_layout import csv_bytes, enlarge, plural, template_env
 from .data import ImageSet
 from .explain import Box, LocalExplanation, PrototypeSummary
 from .model import ProtoPNet
@@ -61,15 +59,9 @@ class LocalRow:
     source: str = ""
 
 
-def _enlarge(img: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
-    """Nearest-neighbour upscaling by an integer factor so that the shorter side is >= ``min_side``."""
-    f = max(1, -(-min_side // max(1, min(img.shape[:2]))))
-    return (np.repeat(np.repeat(img, f, 0), f, 1) if f > 1 else img), f
-
-
 def _boxed(img: np.ndarray, box: Box, min_side: int = 160) -> np.ndarray:
     """The image (enlarged for small inputs) with a rectangle around ``box`` = (y0, y1, x0, x1)."""
-    big, f = _enlarge(np.ascontiguousarray(img), min_side)
+    big, f = enlarge(np.ascontiguousarray(img), min_side)
     out = big.copy()
     y0, y1, x0, x1 = (int(v) * f for v in box)
     if y1 <= y0 or x1 <= x0:
@@ -86,7 +78,7 @@ def _boxed(img: np.ndarray, box: Box, min_side: int = 160) -> np.ndarray:
 def _crop(img: np.ndarray, box: Box, min_side: int = 96) -> np.ndarray:
     y0, y1, x0, x1 = (int(v) for v in box)
     patch = img[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
-    return _enlarge(np.ascontiguousarray(patch), min_side)[0]
+    return enlarge(np.ascontiguousarray(patch), min_side)[0]
 
 
 def _patch_std(img: np.ndarray, box: Box) -> float:
@@ -98,7 +90,7 @@ def _patch_std(img: np.ndarray, box: Box) -> float:
 
 
 def _overlay(img: np.ndarray, heat: torch.Tensor, min_side: int = 160) -> np.ndarray:
-    big, _ = _enlarge(np.ascontiguousarray(img), min_side)
+    big, _ = enlarge(np.ascontiguousarray(img), min_side)
     h = heat.detach().double()
     h = (h - h.min()) / (h.max() - h.min()).clamp(min=1e-12)
     return viz.overlay(big, h.numpy(), cmap="jet", alpha=0.45)
@@ -185,7 +177,7 @@ def _local_context(rows: Sequence[LocalRow], model: ProtoPNet, pics: _Pictures,
                 "location": list(ev.location), **_constancy(pics, ev.prototype, threshold),
             })
         out.append({
-            "name": r.name, "source": r.source, "uri": viz.data_uri(_enlarge(r.image, 160)[0]),
+            "name": r.name, "source": r.source, "uri": viz.data_uri(enlarge(r.image, 160)[0]),
             "target": e.target, "target_label": _label(names, e.target), "predicted": e.predicted,
             "predicted_label": _label(names, e.predicted), "total": e.total,
             "shown_points": float(sum(ev.points for ev in e.evidence)),
@@ -233,14 +225,6 @@ def _strip(items: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str,
                 d[key] = [{k: v for k, v in x.items() if k not in keys} for x in d[key]]
         out.append(d)
     return out
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue().encode("utf-8")
 
 
 def write_protopnet_report(
@@ -328,14 +312,14 @@ def _check_arguments(model: ProtoPNet, local: Sequence[LocalRow], prototypes: Se
 
 def _csv_files(local_ctx: Sequence[Mapping[str, Any]], global_ctx: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
     """``local.csv`` (a row per input and prototype) and ``prototypes.csv`` (a row per prototype and neighbour)."""
-    local_csv = _csv(
+    local_csv = csv_bytes(
         ["image", "target", "target_label", "rank", "prototype", "prototype_class", "similarity", "distance",
          "weight", "points", "y0", "y1", "x0", "x1", "total", "nearly_constant"],
         [[r["name"], r["target"], r["target_label"], k + 1, e["prototype"], e["prototype_class"], e["similarity"],
           e["distance"], e["weight"], e["points"], *e["box"], r["total"], _flag(e["nearly_constant"])]
          for r in local_ctx for k, e in enumerate(r["evidence"])],
     )
-    protos_csv = _csv(
+    protos_csv = csv_bytes(
         ["prototype", "class", "label", "weight", "source_image", "source_name", "h", "w", "y0", "y1", "x0", "x1",
          "rank", "neighbour_image", "neighbour_name", "neighbour_class", "distance", "patch_std", "nearly_constant"],
         [[p["prototype"], p["class"], p["label"], p["weight"], p["image"], p["image_name"], *p["location"],
@@ -350,19 +334,15 @@ def _flag(value: bool | None) -> str:
     return "" if value is None else str(bool(value)).lower()
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _summary(local: Sequence[Mapping[str, Any]], failures: Sequence[Any], shown: Sequence[int],
              constant: Sequence[int], n_prototypes: int) -> list[str]:
     """The header's counts, only those that apply: inputs explained (and failed), prototypes shown, flagged."""
     out = []
     if local or failures:
-        out.append(f"{_plural(len(local), 'input')} explained")
+        out.append(f"{plural(len(local), 'input')} explained")
     if failures:
-        out.append(f"{_plural(len(failures), 'input')} could not be used")
-    out.append(f"{len(shown)} of {_plural(n_prototypes, 'prototype')} shown")
+        out.append(f"{plural(len(failures), 'input')} could not be used")
+    out.append(f"{len(shown)} of {plural(n_prototypes, 'prototype')} shown")
     if constant:
         out.append(f"{len(constant)} on a nearly constant patch (background?)")
     return out
