@@ -17,6 +17,11 @@
     seewhy inside embed DATA... --model NAME|SPEC [--layer L] [--method umap|tsne|pca] [--grid] [--seed N] --out DIR
     seewhy inside dissect DATA... --model NAME|SPEC [--layer L] [--concepts colours|FOLDER] [--quantile Q]
                   [--iou-threshold T] [--top-patches K] --out DIR
+    seewhy featvis --model NAME|SPEC --objective channel:LAYER:C|neuron:...|class:K|class:NAME [--objective ...]
+                   [--size PX] [--steps N] [--lr LR] [--param fft|pixel] [--no-decorrelate] [--transforms standard|none]
+                   [--batch N] [--diversity W] [--regularizer tv:0.05 ...] [--seed N] [--input-size PX] --out DIR
+    seewhy atlas DATA... --model NAME|SPEC [--layer L] [--grid N] [--min-count N] [--icon-size PX] [--steps N]
+                 [--class K|NAME] [--samples-per-image N] [--seed N] [--batch-size N] --out DIR
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -58,6 +63,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     run,
 )
 from .core import METHODS
+from .featvis.cli import add_parser as add_featvis_parser
 from .hooks import model_state
 from .inputs import load_inputs, predict, prepare, stack_batches
 from .inside.cli import add_parser as add_inside_parser
@@ -99,7 +105,8 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside)."""
+    """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
+    atlas)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listings(sub, common)
     add_protopnet_parser(sub, common)
     add_inside_parser(sub, common)
+    add_featvis_parser(sub, common)
     return parser
 
 

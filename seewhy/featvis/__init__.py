@@ -10,28 +10,11 @@ layer's activations and renders one icon per cell.
 
 from __future__ import annotations
 
-from typing import Any
-
-from . import objectives
+from . import objectives, param, regularizers, transforms
+from .atlas import Atlas, atlas  # after this line the package's `atlas` is the function, not the submodule
 from .objectives import Objective
+from .regularizers import yosinski_preset
+from .render import FeatVis, robust_probability, visualize
 
-__all__ = ["Atlas", "FeatVis", "Objective", "atlas", "objectives", "visualize", "yosinski_preset"]
-
-_LAZY = {
-    "visualize": ("render", "visualize"),
-    "FeatVis": ("render", "FeatVis"),
-    "atlas": ("atlas", "atlas"),
-    "Atlas": ("atlas", "Atlas"),
-    "yosinski_preset": ("regularizers", "yosinski_preset"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Atlas", "FeatVis", "Objective", "atlas", "objectives", "param", "regularizers", "robust_probability",
+           "transforms", "visualize", "yosinski_preset"]

@@ -4,7 +4,7 @@ Erhan et al. 2009 (activation maximisation), Simonyan et al. 2013 (class models)
 1/f spectrum and colour decorrelation as a preconditioner, robustness to random transforms). Each step::
 
     x = param()                          # (B, 3, size, size) in [0, 1]
-    x' = resize(transforms(x), input)    # random pad / jitter / scale / rotate, one draw per step
+    x' = resize(crop_or_pad(transforms(x), size), input)  # random pad / jitter / scale / rotate, one draw per step
     loss = -mean_b objective(model(normalize(x')))_b + sum penalties
     Adam step on the parameters; then the regularisers' image operations (blur, decay, clipping)
 
@@ -38,7 +38,7 @@ from .transforms import Transform, resolve_transforms
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["FeatVis", "Normalize", "resolve_normalize", "visualize"]
+__all__ = ["FeatVis", "Normalize", "resolve_normalize", "robust_probability", "visualize"]
 
 Normalize = tuple[Sequence[float], Sequence[float]] | Callable[[Tensor], Tensor] | bool | None
 
@@ -166,6 +166,22 @@ class _Forward:
         return result
 
 
+def crop_or_pad(x: Tensor, size: int, value: float = 0.5) -> Tensor:
+    """The centre ``size`` x ``size`` of ``x`` (B,C,H,W), padded with ``value`` (mid-grey) where it is smaller: the
+    transformed image back at the size the model is fed (the random shifts and scales stay in it)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    if top > 0 or left > 0:
+        x = x[..., max(top, 0): max(top, 0) + min(h, size), max(left, 0): max(left, 0) + min(w, size)]
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        py, px = size - h, size - w
+        x = F.pad(x, (px // 2, px - px // 2, py // 2, py - py // 2), value=value)
+    return x
+
+
 def _discover_layers(model: nn.Module, objective: Objective, x: Tensor) -> tuple[str, ...]:
     """The activation keys a plain callable objective reads, by one forward recording every module."""
     modules = {name: m for name, m in model.named_modules() if name}
@@ -220,8 +236,11 @@ def visualize(
         regularizers: penalties and image operations from :mod:`seewhy.featvis.regularizers`.
         normalize: the model's input normalisation, ``(mean, std)`` or a callable on [0, 1] images; None takes the
             zoo model's (a warning for other models, which then get [0, 1] pixels); False: none.
-        input_size: the side the transformed image is resized to before the model (bilinear); None: the zoo model's
-            crop (224 for efficientnet_lite0) when ``size`` is smaller, else no resize.
+        input_size: the side the model is fed: the transformed image is cropped or padded (grey) back to ``size``
+            around its centre, then resized (bilinear) to ``input_size``; None: the zoo model's crop (224 for
+            efficientnet_lite0) when ``size`` is smaller, else ``size``. So models with a fixed input size work.
+        progress: a progress bar (log lines when not on a terminal) and the cost, said after the first step; False:
+            silent, for a caller that reports the work itself.
         init: optional start images (batch, 3, size, size) in (0, 1) instead of the random start.
 
     Returns:
@@ -266,8 +285,8 @@ def visualize(
 
     def model_input(image: Tensor) -> Tensor:
         x = torch.cat([image] + [img for _, img in refs]) if refs else image
-        x = transform(x, generator)
-        if input_size is not None and tuple(x.shape[-2:]) != (input_size, input_size):
+        x = crop_or_pad(transform(x, generator), size)
+        if input_size is not None:
             x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
         return x
 
@@ -325,7 +344,7 @@ def visualize(
                 for r in regs:
                     r.after_step(p, step, grad)
                 losses[step] = float(loss.detach()) / batch
-                if step == 0 and steps > 1:
+                if step == 0 and steps > 1 and progress:  # without progress the caller says the cost
                     first = time.perf_counter() - start
                     log.info("feature visualization of %s: %d steps at %d px (batch %d), about %s", obj.name, steps,
                              input_size or size, batch, format_seconds(first * steps))
@@ -349,3 +368,43 @@ def _plain_input(images: Tensor, refs: Sequence[tuple[int, Tensor]], input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
     return x
 
+
+
+@torch.no_grad()
+def robust_probability(model: nn.Module, images: Tensor, k: int, *, trials: int = 8, input_size: int | None = None,
+                       normalize: Normalize = None, scale: tuple[float, float] = (0.8, 1.2), seed: int = 1
+                       ) -> Tensor:
+    """How surely ``model`` sees class ``k`` in ``images`` when it is not the view they were optimised for: each
+    image (B,3,S,S) in [0, 1] is resized to ``input_size`` (the zoo model's crop by default), then ``trials`` times
+    rescaled by a factor uniform in ``scale`` and cropped or padded (grey) back at a uniform random offset
+    (continuous draws, unlike :func:`~seewhy.featvis.transforms.standard_transforms`' discrete ones), and classified.
+    Returns the softmax probabilities of ``k``, (B, trials), on the CPU."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    trials = _int(trials, "trials")
+    lo, hi = (float(v) for v in scale)
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
+    side = input_size or _default_input_size(model, images.shape[-1]) or images.shape[-1]
+    norm = resolve_normalize(model, normalize)
+    device, dtype = _model_device(model)
+    x = F.interpolate(images.to(device, dtype), size=(side, side), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(int(seed))
+    out = torch.empty(images.shape[0], trials)
+    with model_state(model):
+        for t in range(trials):
+            s = lo + (hi - lo) * float(torch.rand((), generator=g))
+            n = max(1, round(side * s))
+            y = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
+            if n >= side:
+                oy, ox = (int(v) for v in torch.randint(0, n - side + 1, (2,), generator=g))
+                y = y[..., oy:oy + side, ox:ox + side]
+            else:
+                oy, ox = (int(v) for v in torch.randint(0, side - n + 1, (2,), generator=g))
+                y = F.pad(y, (ox, side - n - ox, oy, side - n - oy), value=0.5)
+            logits = model(norm(y))
+            if not isinstance(logits, Tensor) or logits.ndim != 2 or not 0 <= k < logits.shape[1]:
+                raise ValueError(f"class {k} needs (B, classes) logits with more than {k} classes")
+            out[:, t] = logits.float().softmax(1)[:, k].cpu()
+    return out

@@ -342,9 +342,9 @@ def _embed(args: argparse.Namespace) -> int:
 
     method = args.method or _default_projection()
     if method == "umap":
-        from .embedding import _import_umap
+        from .embedding import import_umap
 
-        _import_umap()  # a missing umap-learn is a usage error before any work
+        import_umap()  # a missing umap-learn is a usage error before any work
     r = _Run(args)
     if r.start(note=f"the {method} projection comes on top") is None:
         return EXIT_NOTHING

@@ -35,7 +35,7 @@ from .stream import stream_layer
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["MAX_GRID", "METHODS", "Embedding", "embed", "grid_cells", "pool", "scatter"]
+__all__ = ["MAX_GRID", "METHODS", "Embedding", "embed", "grid_cells", "import_umap", "pool", "project", "scatter"]
 
 METHODS = ("umap", "tsne", "pca")
 #: most images :func:`scatter` snaps to a grid; more are subsampled (seeded) to this many
@@ -124,7 +124,7 @@ def embed(model: nn.Module, data: Any, layer: LayerSpec, method: str = "umap", s
     if "n_components" in options:
         raise ValueError("embed makes 2-D maps; n_components cannot be set")
     if method == "umap":
-        _import_umap()  # fail before the forward passes, not after
+        import_umap()  # fail before the forward passes, not after
     data = as_data(data, model)
     name, _ = resolve_layer(model, layer)
     log.info("embed: %d images at %s, then a %s projection", len(data), name, method)
@@ -140,7 +140,7 @@ def embed(model: nn.Module, data: Any, layer: LayerSpec, method: str = "umap", s
     indices = torch.cat(idx).long()
     labels = torch.cat(labs).long() if all(t is not None for t in labs) else None
     middle = time.perf_counter()
-    coords = torch.from_numpy(_project(features.numpy(), method, int(seed), dict(options))).float()
+    coords = torch.from_numpy(project(features.numpy(), method, int(seed), dict(options))).float()
     seconds = {"features": middle - start, "projection": time.perf_counter() - middle}
     log.info("embed: %d x %d features in %s, %s projection in %s", *features.shape,
              format_seconds(seconds["features"]), method, format_seconds(seconds["projection"]))
@@ -149,7 +149,8 @@ def embed(model: nn.Module, data: Any, layer: LayerSpec, method: str = "umap", s
                      list(data.skipped))
 
 
-def _import_umap() -> Any:
+def import_umap() -> Any:
+    """The ``umap`` module (umap-learn), or an ImportError that names ``pip install "seewhy[umap]"``."""
     try:
         import umap
     except ImportError as err:
@@ -157,8 +158,9 @@ def _import_umap() -> Any:
     return umap
 
 
-def _project(x: np.ndarray, method: str, seed: int, options: dict[str, Any]) -> np.ndarray:
-    """(N, K) features -> (N, 2) float64 coordinates."""
+def project(x: np.ndarray, method: str, seed: int, options: dict[str, Any]) -> np.ndarray:
+    """(N, K) features -> (N, 2) float64 coordinates by ``method`` ("pca", "tsne" or "umap"), seeded; ``options`` go
+    to the projection (t-SNE's perplexity is capped below N, and wide features go through PCA-50 first)."""
     from sklearn.decomposition import PCA
 
     n, k = x.shape
@@ -173,7 +175,7 @@ def _project(x: np.ndarray, method: str, seed: int, options: dict[str, Any]) -> 
         opts = {"init": "pca", "perplexity": perplexity, "random_state": seed, **options}
         y = TSNE(n_components=2, **opts).fit_transform(x)
     else:
-        umap = _import_umap()
+        umap = import_umap()
         opts = {"n_neighbors": 15, **options}
         opts["n_neighbors"] = max(2, min(int(opts["n_neighbors"]), n - 1))
         with warnings.catch_warnings():

@@ -58,19 +58,19 @@ def pick_batch_size(model: nn.Module, data: ImageData, batch_size: int | None) -
 
 
 def stream_layer(model: nn.Module, data: ImageData, layer: LayerSpec, *, batch_size: int | None = None,
-                 device: torch.device | str | None = None, desc: str = "images"
+                 device: torch.device | str | None = None, desc: str = "images", progress: bool = True
                  ) -> Iterator[tuple[Batch, Tensor]]:
     """``(batch, activations)`` for every batch of ``data``: the layer's output (b, ...) for the batch's inputs, on
-    ``device`` (default: the model's)."""
+    ``device`` (default: the model's). ``progress=False``: no bar and no cost line (the caller reports the work)."""
     size, first = pick_batch_size(model, data, batch_size)
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else first.device
     cl = prefers_channels_last(model, first)
     start = time.perf_counter()
-    for k, batch in enumerate(data.batches(size, device, desc=desc)):
+    for k, batch in enumerate(data.batches(size, device, desc=desc, progress=progress)):
         acts = layer_activations(model, batch.inputs, layer, channels_last=cl)
-        if k == 0 and len(data) > 2 * size:  # the cost, said once the first batch has run (reading included)
+        if k == 0 and progress and len(data) > 2 * size:  # the cost, said once the first batch has run (reading included)
             per_image = (time.perf_counter() - start) / len(batch.indices)
             log.info("%s: about %s for %d images (%d per forward)", desc, format_seconds(per_image * len(data)),
                      len(data), size)

@@ -196,3 +196,24 @@ def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="normalize"):
         visualize(model, O.channel("features.0", 0), size=16, steps=1, normalize=(1, 2, 3), progress=False)
     assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_functional_cnn", "tiny_resnet", "tiny_vgg"])
+def test_contract_on_every_tiny_model(name):
+    """The contract test's checks for visualize: finite images in [0, 1] of the asked shape, parameters bit-identical,
+    .training flags and requires_grad restored, no hooks, no gradients left on the weights, the global RNG untouched."""
+    from seewhy.zoo import get_spec
+
+    model = build(name)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    layer = get_spec(name).cam_layer
+    objective = O.channel(layer, 1) + 0.1 * O.class_logit(2) - O.diversity(layer)
+    r = visualize(model, objective, size=32, steps=3, batch=2, normalize=HALF, progress=False)
+    assert r.images.shape == (2, 3, 32, 32) and torch.isfinite(r.images).all()
+    assert 0 <= r.images.min() and r.images.max() <= 1 and torch.isfinite(r.losses).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules()) and all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters()) and count_hooks(model) == 0
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from seewhy.data import ImageData, as_data
 from seewhy.images import preprocess
-from seewhy.inside.embedding import Embedding, _project, embed, grid_cells, scatter
+from seewhy.inside.embedding import Embedding, embed, project, grid_cells, scatter
 from seewhy.zoo.small import TinyCNN
 
 CLASSES = ("blue", "green", "red")
@@ -104,8 +104,8 @@ def test_tsne_reduces_wide_features_to_50_dims_by_pca_and_clips_perplexity() -> 
     x = np.random.default_rng(0).normal(size=(30, 80)).astype(np.float32)
     expected = TSNE(n_components=2, init="pca", perplexity=29 / 3, random_state=1, max_iter=250).fit_transform(
         PCA(n_components=30, random_state=1).fit_transform(x))
-    np.testing.assert_allclose(_project(x, "tsne", 1, {"max_iter": 250}), expected, rtol=1e-5, atol=1e-5)
-    assert _project(x[:5, :4], "tsne", 0, {"perplexity": 50.0, "max_iter": 250}).shape == (5, 2)  # not >= N
+    np.testing.assert_allclose(project(x, "tsne", 1, {"max_iter": 250}), expected, rtol=1e-5, atol=1e-5)
+    assert project(x[:5, :4], "tsne", 0, {"perplexity": 50.0, "max_iter": 250}).shape == (5, 2)  # not >= N
 
 
 def test_features_are_the_gap_of_the_layer_and_pca_is_the_svd(folder: Path, model: nn.Module) -> None:
