@@ -70,7 +70,7 @@ def stream_layer(model: nn.Module, data: ImageData, layer: LayerSpec, *, batch_s
     start = time.perf_counter()
     for k, batch in enumerate(data.batches(size, device, desc=desc, progress=progress)):
         acts = layer_activations(model, batch.inputs, layer, channels_last=cl)
-        if k == 0 and progress and len(data) > 2 * size:  # the cost, said once the first batch has run (reading included)
+        if k == 0 and progress and len(data) > 2 * size:  # the cost after the first batch (reading too)
             per_image = (time.perf_counter() - start) / len(batch.indices)
             log.info("%s: about %s for %d images (%d per forward)", desc, format_seconds(per_image * len(data)),
                      len(data), size)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from seewhy.data import ImageData, as_data
 from seewhy.images import preprocess
-from seewhy.inside.embedding import Embedding, embed, project, grid_cells, scatter
+from seewhy.inside.embedding import Embedding, embed, grid_cells, project, scatter
 from seewhy.zoo.small import TinyCNN
 
 CLASSES = ("blue", "green", "red")
