@@ -367,11 +367,11 @@ def _check_and_time(model: nn.Module, objectives: Sequence[Any], steps: int, opt
 
 
 def _atlas(args: argparse.Namespace) -> int:
-    from ..inside.cli import _Run
+    from ..inside.cli import LayerRun
     from . import report
     from .atlas import atlas
 
-    r = _Run(args)  # the output folder checked first, the model on its device
+    r = LayerRun(args)  # the output folder checked first, the model on its device
     class_filter = None
     if args.class_filter is not None:
         class_filter = _class_index(args.class_filter, _class_names(r.model), "--class")
@@ -425,7 +425,7 @@ def _time_icons(r: Any, shape: tuple[int, ...], class_filter: int | None) -> dic
     chunk = min(int(defaults.get("icon_batch", 32)), icons)
     objective = direction(r.layer, torch.randn(chunk, c, generator=torch.Generator().manual_seed(0)))
     options = {"size": args.icon_size, "batch": chunk, "seed": args.seed, "progress": False,
-               "normalize": (r.spec.mean, r.spec.std)}
+               "normalize": (r.spec.mean, r.spec.std), "input_size": args.icon_size}  # as atlas renders icons
     visualize(r.model, objective, steps=1, **options)  # warm-up (the first backward pass is slow)
     start = time.perf_counter()
     visualize(r.model, objective, steps=0, **options)

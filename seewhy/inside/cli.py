@@ -40,7 +40,7 @@ from ..report_files import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["DEFAULT_UNITS", "MAX_DETECTORS", "add_parser", "run"]
+__all__ = ["DEFAULT_UNITS", "MAX_DETECTORS", "LayerRun", "add_parser", "run"]
 
 #: units shown by ``patches`` without --units / --top-units
 DEFAULT_UNITS = 16
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 # -- shared steps --------------------------------------------------------------------------------------
 
 
-class _Run:
+class LayerRun:
     """What every subcommand sets up first: the output folder checked (before any work), the model on its device,
     the data, the layer, and the report's header."""
 
@@ -283,7 +283,7 @@ def _filters(args: argparse.Namespace) -> int:
     from . import report
     from .filters import filters, first_conv
 
-    r = _Run(args)
+    r = LayerRun(args)
     r.layer = resolve_layer(r.model, args.layer)[0] if args.layer is not None else first_conv(r.model)
     weights = filters(r.model, r.layer).cpu()
     return _done(report.write_filters(args.out, r.header(max_filters=args.max_filters), weights,
@@ -296,7 +296,7 @@ def _maps(args: argparse.Namespace) -> int:
     from .filters import feature_maps, top_channels
     from .stream import pick_batch_size
 
-    r = _Run(args)
+    r = LayerRun(args)
     if (shape := r.start()) is None:
         return EXIT_NOTHING
     k = _conv_shape(shape, r.layer, "maps")
@@ -321,7 +321,7 @@ def _patches(args: argparse.Namespace) -> int:
     from . import report
     from .patches import top_patches
 
-    r = _Run(args)
+    r = LayerRun(args)
     if (shape := r.start()) is None:
         return EXIT_NOTHING
     k = _conv_shape(shape, r.layer, "patches")
@@ -345,7 +345,7 @@ def _embed(args: argparse.Namespace) -> int:
         from .embedding import import_umap
 
         import_umap()  # a missing umap-learn is a usage error before any work
-    r = _Run(args)
+    r = LayerRun(args)
     if r.start(note=f"the {method} projection comes on top") is None:
         return EXIT_NOTHING
     emb = embed(r.model, r.data, r.layer, method=method, seed=args.seed, batch_size=args.batch_size)
@@ -370,7 +370,7 @@ def _dissect(args: argparse.Namespace) -> int:
     from .dissect import dissect
 
     concepts = _concepts(args.concepts)
-    r = _Run(args)
+    r = LayerRun(args)
     note = "the detectors' top patches take one more pass" if args.top_patches else ""
     if (shape := r.start(passes=2, note=note)) is None:
         return EXIT_NOTHING
@@ -401,7 +401,7 @@ def _concepts(value: str) -> Any:
     return value
 
 
-def _detector_patches(r: _Run, result: Any, shown: Sequence[Any], concepts: Any, k: int
+def _detector_patches(r: LayerRun, result: Any, shown: Sequence[Any], concepts: Any, k: int
                       ) -> tuple[dict[int, list[Any]], list[tuple[str, str]]]:
     """The top patches of each shown detector with its concept's mask (as dissect reads it) and its own thresholded
     activation mask (the unit's map upsampled bilinearly to the input, above the unit's threshold, as in dissect),
