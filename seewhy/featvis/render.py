@@ -346,8 +346,9 @@ def visualize(
                 losses[step] = float(loss.detach()) / batch
                 if step == 0 and steps > 1 and progress:  # without progress the caller says the cost
                     first = time.perf_counter() - start
-                    log.info("feature visualization of %s: %d steps at %d px (batch %d), about %s", obj.name, steps,
-                             input_size or size, batch, format_seconds(first * steps))
+                    fed = f" fed at {input_size} px" if input_size else ""
+                    log.info("feature visualization of %s: %d steps, %d px%s, batch %d: about %s", obj.name, steps,
+                             size, fed, batch, format_seconds(first * steps))
                 bar.update()
                 if not math.isfinite(losses[step]):
                     raise FloatingPointError(f"the loss became {losses[step]} at step {step}; lower lr (now {lr}) "
