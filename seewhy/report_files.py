@@ -82,3 +82,38 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
+
+
+def write_page_report(out_dir: str | os.PathLike, template: str, title: str, header: Mapping[str, Any],
+                      summary: list[str], record: Mapping[str, Any], page: Mapping[str, Any], *, cost: str = "",
+                      settings: Mapping[str, Any] | None = None, filters: Mapping[str, Callable] | None = None,
+                      failures: list[tuple[str, str]] | tuple = (), overwrite: bool = False,
+                      files: Mapping[str, bytes] | None = None) -> Path:
+    """One command's report (``seewhy inside ...``, ``seewhy featvis``, ``seewhy atlas``): ``template`` rendered with
+    the header (model, layer, settings, command), ``summary``, ``cost`` and ``page``; ``manifest.json`` with the
+    header, ``record`` and the failures; ``files`` beside them. Written atomically, ``index.html`` last."""
+    import datetime as dt
+    import json
+
+    from .fileio import jsonable
+    from .report_layout import template_env
+
+    out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
+    kind = str(header["kind"])
+    created = dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    version_info = versions()
+    failed = [(str(p), str(r)) for p, r in failures]
+    manifest = {"title": title, "kind": kind, "created": created, "command": list(header["command"]),
+                "versions": version_info, "model": header["model"], "layer": header.get("layer"),
+                "settings": header["settings"], "estimate": header.get("estimate") or None, **record,
+                "failures": [{"path": p, "reason": r} for p, r in failed]}
+    env = template_env()
+    env.filters.update(filters or {})
+    shown = settings if settings is not None else header["settings"]
+    html = env.get_template(template).render(
+        title=title, kind=kind, created=created, versions=version_info, summary=list(summary),
+        model=header["model"], layer=header.get("layer"), settings=shown, cost=cost,
+        cmd=list(header["command"]), failures=failed, **page)
+    data = {"manifest.json": json.dumps(jsonable(manifest), indent=2, allow_nan=False).encode("utf-8"),
+            **(files or {})}
+    return write_report_files(out, data, html)

@@ -8,8 +8,6 @@ as :func:`seewhy.report_files.write_report_files` does: atomically, ``index.html
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,10 +18,9 @@ import numpy as np
 from torch import Tensor
 
 from .. import viz
-from ..fileio import jsonable
 from ..progress import format_seconds
-from ..report_files import prepare_out_dir, versions, write_report_files
-from ..report_layout import csv_bytes, enlarge, fmt_setting, jpeg_uri, plural, png_uri, template_env
+from ..report_files import write_page_report
+from ..report_layout import csv_bytes, enlarge, fmt_setting, jpeg_uri, plural, png_uri
 
 __all__ = ["write_atlas", "write_featvis"]
 
@@ -227,18 +224,8 @@ def _icon_curve(losses: Tensor) -> np.ndarray:
 def _write(out_dir: str | os.PathLike, header: Mapping[str, Any], summary: Sequence[str], record: Mapping[str, Any],
            context: Mapping[str, Any], *, failures: Sequence[tuple[str, str]] = (), overwrite: bool = False,
            files: Mapping[str, bytes] | None = None) -> Path:
-    """Render ``featvis.html`` with the header and ``context``; write it with ``manifest.json`` (the header,
-    ``record`` and the failures) and ``files``."""
-    out = prepare_out_dir(out_dir, overwrite=overwrite, create=False)
-    kind = str(header["kind"])
-    title = f"seewhy {kind}"
-    created = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-    version_info = versions()
-    failed = [(str(p), str(r)) for p, r in failures]
-    manifest = {"title": title, "kind": kind, "created": created, "command": list(header["command"]),
-                "versions": version_info, "model": header["model"], "layer": header.get("layer"),
-                "settings": header["settings"], "estimate": header.get("estimate") or None, **record,
-                "failures": [{"path": p, "reason": r} for p, r in failed]}
+    """``featvis.html`` with the header and ``context``, ``manifest.json`` and ``files``
+    (:func:`~seewhy.report_files.write_page_report`)."""
     estimate = header.get("estimate") or {}
     cost = ""
     if estimate.get("seconds") is not None:
@@ -253,13 +240,6 @@ def _write(out_dir: str | os.PathLike, header: Mapping[str, Any], summary: Seque
             cost += f" for one pass over {estimate['images']} images"
     page = {"objectives": [], "atlas": None, **context}
     settings = {k: v for k, v in header["settings"].items() if v is not None and v is not False and v != []}
-    env = template_env()
-    env.filters["setting"] = fmt_setting
-    env.filters["secs"] = format_seconds
-    html = env.get_template("featvis.html").render(
-        title=title, kind=kind, created=created, versions=version_info, summary=list(summary),
-        model=header["model"], layer=header.get("layer"), settings=settings, cost=cost,
-        cmd=list(header["command"]), failures=failed, **page)
-    data = {"manifest.json": json.dumps(jsonable(manifest), indent=2, allow_nan=False).encode("utf-8"),
-            **(files or {})}
-    return write_report_files(out, data, html)
+    return write_page_report(out_dir, "featvis.html", f"seewhy {header['kind']}", header, list(summary), record,
+                             page, cost=cost, settings=settings, failures=list(failures), overwrite=overwrite,
+                             files=files, filters={"setting": fmt_setting, "secs": format_seconds})
