@@ -140,7 +140,7 @@ def render_page(
 
 def template_env() -> Any:
     """The jinja2 environment of seewhy's report templates (autoescaped, strict), with the ``num`` (4
-    significant digits, "-" for None, "n/a" for NaN) and ``pct`` filters."""
+    significant digits, "-" for None, "n/a" for NaN), ``pct`` and ``setting`` (:func:`fmt_setting`) filters."""
     import jinja2
 
     env = jinja2.Environment(
@@ -152,6 +152,7 @@ def template_env() -> Any:
     )
     env.filters["num"] = fmt_num
     env.filters["pct"] = lambda p: f"{100 * p:.1f}%"
+    env.filters["setting"] = fmt_setting
     return env
 
 

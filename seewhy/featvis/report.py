@@ -242,4 +242,4 @@ def _write(out_dir: str | os.PathLike, header: Mapping[str, Any], summary: Seque
     settings = {k: v for k, v in header["settings"].items() if v is not None and v is not False and v != []}
     return write_page_report(out_dir, "featvis.html", f"seewhy {header['kind']}", header, list(summary), record,
                              page, cost=cost, settings=settings, failures=list(failures), overwrite=overwrite,
-                             files=files, filters={"setting": fmt_setting, "secs": format_seconds})
+                             files=files, filters={"secs": format_seconds})
