@@ -22,6 +22,7 @@
                    [--batch N] [--diversity W] [--regularizer tv:0.05 ...] [--seed N] [--input-size PX] --out DIR
     seewhy atlas DATA... --model NAME|SPEC [--layer L] [--grid N] [--min-count N] [--icon-size PX] [--steps N]
                  [--class K|NAME] [--samples-per-image N] [--seed N] [--batch-size N] --out DIR
+    seewhy prototypes DATA... --model NAME|SPEC [--layer L] [--prototypes P] [--criticisms C] --out DIR
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -67,6 +68,7 @@ from .featvis.cli import add_parser as add_featvis_parser
 from .hooks import model_state
 from .inputs import load_inputs, predict, prepare, stack_batches
 from .inside.cli import add_parser as add_inside_parser
+from .inside.prototypes_cli import add_parser as add_prototypes_parser
 from .plan import check_target, give_layer, plan_methods, plan_metrics
 from .plan import select_methods as _methods  # noqa: F401  (tests read cli._methods)
 from .progress import format_seconds
@@ -106,7 +108,7 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
-    atlas)."""
+    atlas, prototypes)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_protopnet_parser(sub, common)
     add_inside_parser(sub, common)
     add_featvis_parser(sub, common)
+    add_prototypes_parser(sub, common)
     return parser
 
 

@@ -25,11 +25,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from . import images
+from .exemplars import exemplars, prototypes_criticisms  # re-exported: they need nothing from here
 from .progress import progress as _progress
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["Batch", "ImageData", "as_data", "scan_images"]
+__all__ = ["Batch", "ImageData", "as_data", "exemplars", "prototypes_criticisms", "scan_images"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 Transform = Callable[[Image.Image], Tensor]

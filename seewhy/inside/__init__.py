@@ -32,6 +32,10 @@ _LAZY = {
     "UnitConcept": "dissect",
     "colour_concepts": "concepts",
     "COLOUR_NAMES": "concepts",
+    "linear_templates": "linear",
+    "class_weight_norms": "linear",
+    "image_prototypes_criticisms": "prototypes",
+    "layer_features": "prototypes",
 }
 
 __all__ = [
@@ -43,12 +47,16 @@ __all__ = [
     "ReceptiveField",
     "TopPatches",
     "UnitConcept",
+    "class_weight_norms",
     "colour_concepts",
     "dissect",
     "embed",
     "empirical_receptive_field",
     "feature_maps",
     "filters",
+    "image_prototypes_criticisms",
+    "layer_features",
+    "linear_templates",
     "receptive_field",
     "scatter",
     "top_patches",
