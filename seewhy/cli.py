@@ -23,6 +23,8 @@
     seewhy atlas DATA... --model NAME|SPEC [--layer L] [--grid N] [--min-count N] [--icon-size PX] [--steps N]
                  [--class K|NAME] [--samples-per-image N] [--seed N] [--batch-size N] --out DIR
     seewhy prototypes DATA... --model NAME|SPEC [--layer L] [--prototypes P] [--criticisms C] --out DIR
+    seewhy effects IMAGE... --model NAME|SPEC [--transform brightness,contrast,...] [--values ...] [--target K|NAME]
+                   --out DIR
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -64,6 +66,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     run,
 )
 from .core import METHODS
+from .effects_cli import add_parser as add_effects_parser
 from .featvis.cli import add_parser as add_featvis_parser
 from .hooks import model_state
 from .inputs import load_inputs, predict, prepare, stack_batches
@@ -108,7 +111,7 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
-    atlas, prototypes)."""
+    atlas, prototypes, effects)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inside_parser(sub, common)
     add_featvis_parser(sub, common)
     add_prototypes_parser(sub, common)
+    add_effects_parser(sub, common)
     return parser
 
 
