@@ -25,6 +25,8 @@
     seewhy prototypes DATA... --model NAME|SPEC [--layer L] [--prototypes P] [--criticisms C] --out DIR
     seewhy effects IMAGE... --model NAME|SPEC [--transform brightness,contrast,...] [--values ...] [--target K|NAME]
                    --out DIR
+    seewhy attack IMAGE... --model NAME|SPEC [--eps 2/255] [--attack pgd|fgsm] [--norm linf|l2] [--target K|NAME]
+                  [--method saliency,gradcam] [--curve 0,1/255,2/255] --out DIR
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -65,6 +67,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     exit_code,
     run,
 )
+from .attack_cli import add_parser as add_attack_parser
 from .core import METHODS
 from .effects_cli import add_parser as add_effects_parser
 from .featvis.cli import add_parser as add_featvis_parser
@@ -111,7 +114,8 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
-    atlas, prototypes, effects)."""
+    atlas, prototypes, effects,
+    attack)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_featvis_parser(sub, common)
     add_prototypes_parser(sub, common)
     add_effects_parser(sub, common)
+    add_attack_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,672 @@
+"""Adversarial examples as an interpretability tool: FGSM, PGD, the adversarial patch and robustness curves.
+
+- FGSM (Goodfellow et al. 2015): ``x' = clip(x + eps * sign(grad_x L(f(x), y)), 0, 1)``; with a target,
+  ``x' = clip(x - eps * sign(grad_x L(f(x), t)), 0, 1)`` (descending the target's loss).
+- PGD (Madry et al. 2018): ``x_{k+1} = Proj_{B(x, eps) ∩ [0,1]}(x_k + a * s(grad))`` with ``s = sign`` (L-inf) or
+  ``g / ||g||_2`` (L2), from a uniform random start in the ball, step ``a = 2.5 * eps / steps`` by default.
+- Adversarial patch (Brown et al. 2017): a universal patch ``p`` trained with expectation over transformation,
+  ``max_p E_{x, t} log P(target | A(p, x, t))`` over random scale, rotation and location, placed differentiably
+  (affine grid + grid_sample with a mask).
+
+Images are in [0, 1] (B, 3, H, W); ``normalize`` maps them to the model's input (None: the zoo model's, see
+:func:`seewhy.featvis.render.resolve_normalize`). The loss is the cross-entropy on the logits. The model is left as
+found (:func:`seewhy.hooks.model_state`); randomness comes only from ``torch.Generator`` seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .featvis.render import Normalize, resolve_normalize
+from .hooks import model_state
+from .progress import format_seconds
+from .progress import progress as progress_bar
+
+log = logging.getLogger("seewhy")
+
+__all__ = ["Attack", "Patch", "RobustnessCurve", "fgsm", "pgd", "patch", "robustness_curve"]
+
+NORMS = ("linf", "l2")
+TargetArg = int | str | Sequence[int | str] | Tensor | None
+#: EOT defaults of :func:`patch`: scale of the patch side, rotation in degrees, location
+DEFAULT_EOT: dict[str, Any] = {"scale": (0.8, 1.2), "rotation": (-20.0, 20.0), "location": "random"}
+
+
+# -- results -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attack:
+    """The result of :func:`fgsm` / :func:`pgd` (all tensors detached, on the images' device).
+
+    ``adversarial`` (B,3,H,W) in [0, 1]; ``perturbation = adversarial - images``; ``labels`` (B,) the classes
+    moved away from (the clean predictions unless given); ``target`` (B,) or None; ``success`` (B,) bool: the
+    prediction reaches the target (targeted) or differs from the label (untargeted). ``before``/``after`` (B,) the
+    predictions on the clean / adversarial images, ``before_prob``/``after_prob`` (B,) their softmax
+    probabilities; ``target_prob_before``/``target_prob_after`` the target's (targeted only). ``losses`` (steps + 1,)
+    the mean cross-entropy (to the label, or to the target when targeted) at the start and after each step.
+    """
+
+    adversarial: Tensor
+    perturbation: Tensor
+    success: Tensor
+    before: Tensor
+    after: Tensor
+    before_prob: Tensor
+    after_prob: Tensor
+    labels: Tensor
+    eps: float
+    norm: str
+    params: dict[str, Any]
+    target: Tensor | None = None
+    target_prob_before: Tensor | None = None
+    target_prob_after: Tensor | None = None
+    losses: Tensor = field(default_factory=lambda: torch.empty(0))
+    seconds: float = 0.0
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    @property
+    def linf(self) -> Tensor:
+        """(B,) L-inf norm of the perturbation."""
+        return self.perturbation.flatten(1).abs().amax(1)
+
+    @property
+    def l2(self) -> Tensor:
+        """(B,) L2 norm of the perturbation."""
+        return self.perturbation.flatten(1).norm(dim=1)
+
+    @property
+    def psnr(self) -> Tensor:
+        """(B,) PSNR in dB of the adversarial image against the original (peak 1): ``10 log10(1 / MSE)``; inf
+        for an unchanged image."""
+        mse = self.perturbation.flatten(1).double().pow(2).mean(1)
+        return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp(min=1e-300)), torch.full_like(mse, math.inf))
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+
+@dataclass
+class RobustnessCurve:
+    """The result of :func:`robustness_curve`: ``eps`` (E,), ``accuracy`` (E,) the share of images still
+    classified as their label, ``correct`` (E, B) bool per image, ``success`` (E, B) the attack's success per image
+    (for an untargeted attack, the complement of ``correct``), ``attack`` and ``params``."""
+
+    eps: Tensor
+    accuracy: Tensor
+    correct: Tensor
+    success: Tensor
+    attack: str
+    params: dict[str, Any]
+
+    @property
+    def success_rate(self) -> Tensor:
+        """(E,) the share of images on which the attack succeeds."""
+        return self.success.float().mean(1)
+
+
+# -- checks --------------------------------------------------------------------------------------------
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_images(images: Any) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a float tensor (B,3,H,W) in [0, 1], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a float tensor in [0, 1], got {images.dtype}; convert uint8 pictures with "
+                        "images.float() / 255")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be (B,C,H,W) (or (C,H,W) for one), got shape {tuple(images.shape)}")
+    images = images.detach()
+    if not torch.isfinite(images).all():
+        raise ValueError("images hold NaN or infinite values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"images must be in [0, 1] (they range over [{lo:.3g}, {hi:.3g}]): pass pictures, not "
+                         "normalised model inputs; the model's normalisation goes in normalize=(mean, std)")
+    return images
+
+
+def _int(value: Any, what: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _number(value: Any, what: str, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or v > high or (open_low and v == low):
+        raise ValueError(f"{what} must be a finite number {'>' if open_low else '>='} {low:g}"
+                         f"{f' and <= {high:g}' if math.isfinite(high) else ''}, got {value!r}")
+    return v
+
+
+def _seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return int(seed)
+
+
+def _class_names(model: nn.Module) -> list[str] | None:
+    names = getattr(model, "class_names", None)
+    if names:
+        return list(names)
+    from .zoo import imagenet_classes, spec_of
+
+    spec = spec_of(model)
+    return imagenet_classes() if spec is not None and spec.has_weights else None
+
+
+def _classes(spec: TargetArg, n: int, model: nn.Module, what: str) -> Tensor | None:
+    """``spec`` (an int, a class name, or one per image) -> (n,) long on the CPU; None for None."""
+    if spec is None:
+        return None
+    from .targets import class_index
+
+    def one(v: Any) -> int:
+        if isinstance(v, str):
+            names = _class_names(model)
+            if not names:
+                raise ValueError(f"{what} {v!r} is a class name, but {type(model).__name__} has no class names (the "
+                                 "pretrained zoo models have ImageNet's); give the class index")
+            return class_index(v, names)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{what} must be an int, a class name, or one per image; got {v!r}")
+        return int(v)
+
+    if isinstance(spec, Tensor):
+        if spec.is_floating_point() or spec.is_complex():
+            raise TypeError(f"{what} must hold integer class indices, got a {spec.dtype} tensor")
+        values = spec.detach().long().cpu().reshape(-1)
+        if spec.ndim == 0:
+            values = values.expand(n).clone()
+    elif isinstance(spec, (str, numbers.Integral)) and not isinstance(spec, bool):
+        values = torch.full((n,), one(spec), dtype=torch.long)
+    elif isinstance(spec, Sequence):
+        values = torch.tensor([one(v) for v in spec], dtype=torch.long)
+    else:
+        raise TypeError(f"{what} must be an int, a class name, a (B,) tensor or a list, got {type(spec).__name__}")
+    if values.shape[0] != n:
+        raise ValueError(f"{what} has {values.shape[0]} entries for {n} images; give one class, or one per image")
+    if (values < 0).any():
+        raise ValueError(f"{what} holds negative class indices {values[values < 0].tolist()}; classes are 0..K-1")
+    return values
+
+
+def _check_range(classes: Tensor | None, k: int, what: str) -> None:
+    if classes is not None and classes.numel() and int(classes.max()) >= k:
+        raise ValueError(f"{what} {int(classes.max())} is out of range: the model has {k} classes (0..{k - 1})")
+
+
+# -- FGSM and PGD --------------------------------------------------------------------------------------
+
+
+class _Logits:
+    """``x in [0, 1] -> model(normalize(x))``, checked to be (B, K) class scores."""
+
+    def __init__(self, model: nn.Module, normalize: Callable[[Tensor], Tensor]) -> None:
+        self.model, self.normalize = model, normalize
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = self.model(self.normalize(x))
+        if not isinstance(out, Tensor) or out.ndim != 2:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model returns {shape}; attacks need (B, K) class scores (logits)")
+        return out
+
+
+def _project(delta: Tensor, images: Tensor, eps: float, norm: str) -> Tensor:
+    """``delta`` projected onto the eps-ball, then ``images + delta`` onto [0, 1]; returns the adversarial images.
+    Clipping to the box after the ball keeps both (it only shrinks coordinates of delta)."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * torch.where(n > eps, eps / n.clamp(min=1e-30), torch.ones_like(n))
+    return (images + delta).clamp(0.0, 1.0)
+
+
+def _random_start(images: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+    """A uniform draw in the eps-ball (from the CPU ``generator``), as a delta like ``images``."""
+    shape = tuple(images.shape)
+    if norm == "linf":
+        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+        delta = (2.0 * u - 1.0) * eps
+    else:  # uniform in the L2 ball: a uniform direction, radius eps * U^(1/d)
+        d = math.prod(shape[1:])
+        g = torch.randn(shape, generator=generator, dtype=torch.float64)
+        r = torch.rand(shape[0], generator=generator, dtype=torch.float64).pow(1.0 / d)
+        delta = g / g.flatten(1).norm(dim=1).clamp(min=1e-30).view(-1, 1, 1, 1) * (eps * r).view(-1, 1, 1, 1)
+    return delta.to(images.device, images.dtype)
+
+
+def _step_direction(grad: Tensor, norm: str) -> Tensor:
+    if norm == "linf":
+        return grad.sign()
+    n = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return grad / n.clamp(min=1e-12)
+
+
+def _attack(model: nn.Module, images: Tensor, eps: float, *, steps: int, step_size: float, norm: str,
+            target: TargetArg, labels: TargetArg, random_start: bool, seed: int, normalize: Normalize,
+            name: str, progress: bool) -> Attack:
+    """The shared loop of FGSM (one step of eps from the image) and PGD."""
+    _check_model(model)
+    images = _check_images(images)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    b = images.shape[0]
+    targets = _classes(target, b, model, "target")
+    given_labels = _classes(labels, b, model, "labels")
+    norm_fn = resolve_normalize(model, normalize)
+    logits_of = _Logits(model, norm_fn)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    with torch.inference_mode(False), model_state(model):
+        if images.is_inference():  # made under inference_mode: a normal copy, so autograd can use it
+            images = images.clone()
+        with torch.no_grad():
+            clean = logits_of(images)
+        k = clean.shape[1]
+        _check_range(targets, k, "target")
+        _check_range(given_labels, k, "labels")
+        before = clean.argmax(1)
+        lab = given_labels.to(images.device) if given_labels is not None else before
+        tgt = targets.to(images.device) if targets is not None else None
+        goal = tgt if tgt is not None else lab
+        sign = -1.0 if tgt is not None else 1.0  # ascend the label's loss, descend the target's
+        adv = images
+        if random_start and eps > 0:
+            adv = _project(_random_start(images, eps, norm, generator), images, eps, norm)
+        losses = torch.empty(steps + 1, dtype=torch.float64)
+        with torch.no_grad():
+            losses[0] = float(F.cross_entropy(logits_of(adv) if adv is not images else clean, goal))
+        timed = time.perf_counter()
+        with progress_bar(steps, name, enabled=progress and steps > 1) as bar:
+            for step in range(steps):
+                x = adv.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    # summed over the batch: each image's gradient does not depend on the others
+                    loss = F.cross_entropy(logits_of(x), goal, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x)
+                losses[step] = float(loss.detach()) / b if step else losses[0]
+                adv = _project(adv.detach() + sign * step_size * _step_direction(grad, norm) - images, images, eps,
+                               norm).detach()
+                if step == 0 and steps > 2 and progress:
+                    log.info("%s: %d steps, batch %d at %dx%d: about %s", name, steps, b, images.shape[-2],
+                             images.shape[-1], format_seconds((time.perf_counter() - timed) * steps))
+                bar.update()
+        with torch.no_grad():
+            final = logits_of(adv)
+        if steps:
+            losses[steps] = float(F.cross_entropy(final, goal))
+    after = final.argmax(1)
+    p0, p1 = clean.softmax(1), final.softmax(1)
+    success = after == tgt if tgt is not None else after != lab
+    params = {"attack": name, "eps": eps, "norm": norm, "steps": steps, "step_size": step_size,
+              "random_start": bool(random_start and eps > 0), "seed": seed, "targeted": tgt is not None,
+              "target": None if tgt is None else tgt.tolist(), "labels": "given" if given_labels is not None
+              else "clean predictions"}
+    return Attack(
+        adversarial=adv.detach(), perturbation=(adv - images).detach(), success=success, before=before, after=after,
+        before_prob=p0.gather(1, before[:, None])[:, 0], after_prob=p1.gather(1, after[:, None])[:, 0], labels=lab,
+        eps=eps, norm=norm, params=params, target=tgt,
+        target_prob_before=None if tgt is None else p0.gather(1, tgt[:, None])[:, 0],
+        target_prob_after=None if tgt is None else p1.gather(1, tgt[:, None])[:, 0],
+        losses=losses.float(), seconds=time.perf_counter() - start)
+
+
+def fgsm(model: nn.Module, images: Tensor, eps: float, target: TargetArg = None, normalize: Normalize = None, *,
+         labels: TargetArg = None) -> Attack:
+    """Fast gradient sign method (Goodfellow et al. 2015): ``x' = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1)``.
+
+    Args:
+        images: (B,3,H,W) in [0, 1]. eps: the L-inf budget in [0, 1] (e.g. 8/255).
+        target: an int, a class name (models with class names), or one per image: then the targeted variant,
+            ``x' = clip(x - eps * sign(grad_x CE(f(x), t)), 0, 1)``.
+        normalize: the model's input normalisation, (mean, std), a callable, False, or None (the zoo model's).
+        labels: the classes to move away from (default: the clean predictions).
+    """
+    eps = _number(eps, "eps", 0.0, 1.0)
+    return _attack(model, images, eps, steps=1 if eps > 0 else 0, step_size=eps, norm="linf", target=target,
+                   labels=labels, random_start=False, seed=0, normalize=normalize, name="fgsm", progress=False)
+
+
+def pgd(model: nn.Module, images: Tensor, eps: float, steps: int = 10, step_size: float | None = None,
+        norm: str = "linf", targeted: bool = False, target: TargetArg = None, random_start: bool = True,
+        seed: int = 0, normalize: Normalize = None, *, labels: TargetArg = None, progress: bool = True) -> Attack:
+    """Projected gradient descent (Madry et al. 2018) in the L-inf or L2 ball of radius ``eps``.
+
+    ``x_{k+1} = Proj_{B(x, eps) ∩ [0,1]}(x_k ± a * s(grad_x CE(f(x_k), y)))``, ``s`` = sign (linf) or
+    ``g / ||g||_2`` (l2); + for untargeted (away from ``labels``), - toward ``target``.
+
+    Args:
+        images: (B,3,H,W) in [0, 1]; the result follows their device and dtype.
+        eps: the radius (L-inf: e.g. 2/255, at most 1; L2: e.g. 0.5). steps: iterations (Madry: 7-40).
+        step_size: default ``2.5 * eps / steps`` (Madry et al.).
+        targeted: insist on a target (ValueError without one); a given ``target`` (an int, a class name, or one per
+            image) always makes the attack targeted.
+        random_start: start from a uniform draw in the ball (a generator seeded by ``seed``).
+        normalize: the model's input normalisation, (mean, std), a callable, False, or None (the zoo model's).
+        labels: the classes an untargeted attack moves away from (default: the clean predictions).
+        progress: a progress bar and the cost after the first step (False: silent).
+    """
+    eps = _number(eps, "eps", 0.0, 1.0 if norm == "linf" else math.inf)
+    steps = _int(steps, "steps", 1)
+    if targeted and target is None:
+        raise ValueError("targeted=True needs a target: pass target=CLASS (an int, a class name, or one per image)")
+    if step_size is None:
+        step_size = 2.5 * eps / steps
+    step_size = _number(step_size, "step_size")
+    return _attack(model, images, eps, steps=steps if eps > 0 else 0, step_size=step_size, norm=norm, target=target,
+                   labels=labels, random_start=bool(random_start), seed=_seed(seed), normalize=normalize,
+                   name=f"pgd-{norm}", progress=progress)
+
+
+def robustness_curve(model: nn.Module, images: Tensor, labels: TargetArg, eps_values: Sequence[float],
+                     attack: str = "pgd", **attack_kwargs: Any) -> RobustnessCurve:
+    """Accuracy under attack as a function of the budget: for each eps, the share of images whose adversarial
+    prediction is still the label (``labels``: (B,) true classes; None: the clean predictions, so the curve is the
+    share of predictions that survive). eps 0 gives the clean accuracy. ``attack``: ``"pgd"`` or ``"fgsm"``, with
+    ``attack_kwargs`` passed on (``steps``, ``norm``, ``target``, ``normalize``, ``seed`` ...)."""
+    attacks: dict[str, Callable[..., Attack]] = {"pgd": pgd, "fgsm": fgsm}
+    if attack not in attacks:
+        raise ValueError(f"attack must be one of {', '.join(attacks)}, got {attack!r}")
+    if isinstance(eps_values, (numbers.Real, Tensor)) and not (isinstance(eps_values, Tensor) and eps_values.ndim):
+        raise TypeError("eps_values must be a sequence of budgets, e.g. [0, 1/255, 2/255, 4/255]")
+    eps_list = [float(e) for e in (eps_values.tolist() if isinstance(eps_values, Tensor) else eps_values)]
+    if not eps_list:
+        raise ValueError("eps_values is empty; give budgets such as [0, 1/255, 2/255, 4/255]")
+    if "labels" in attack_kwargs:
+        raise TypeError("give the labels as robustness_curve's third argument, not as labels=")
+    if attack == "pgd":
+        attack_kwargs.setdefault("progress", False)
+    images = _check_images(images)
+    correct, success = [], []
+    params: dict[str, Any] = {}
+    for eps in eps_list:
+        r = attacks[attack](model, images, eps, labels=labels, **attack_kwargs)
+        correct.append((r.after == r.labels).cpu())
+        success.append(r.success.cpu())
+        params = {k: v for k, v in r.params.items() if k != "eps"}
+    c = torch.stack(correct)
+    return RobustnessCurve(eps=torch.tensor(eps_list, dtype=torch.float64), accuracy=c.float().mean(1), correct=c,
+                           success=torch.stack(success), attack=attack, params=params)
+
+
+# -- the adversarial patch -----------------------------------------------------------------------------
+
+
+def _range(value: Any, what: str, low: float, high: float) -> tuple[float, float]:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"eot {what} must be a number or a (low, high) pair, got {value!r}") from None
+    if not (low <= a <= b <= high):
+        raise ValueError(f"eot {what} must be a (low, high) pair with {low:g} <= low <= high <= {high:g}, got "
+                         f"{value!r}")
+    return a, b
+
+
+def _eot(eot: Mapping[str, Any] | None) -> dict[str, Any]:
+    if eot is None:
+        eot = {}
+    if not isinstance(eot, Mapping):
+        raise TypeError(f"eot must be a dict (scale=, rotation=, location=), got {type(eot).__name__}")
+    unknown = set(eot) - set(DEFAULT_EOT)
+    if unknown:
+        raise ValueError(f"unknown eot keys {sorted(unknown)}; use {', '.join(DEFAULT_EOT)}")
+    out = {**DEFAULT_EOT, **eot}
+    out["scale"] = _range(out["scale"], "scale", 1e-3, 100.0)
+    out["rotation"] = _range(out["rotation"], "rotation", -360.0, 360.0)
+    loc = out["location"]
+    if loc not in ("random", "center"):
+        raise ValueError(f"eot location must be 'random' or 'center', got {loc!r}")
+    return out
+
+
+def _uniform(n: int, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def _place(images: Tensor, patch_image: Tensor, side: Tensor, angle: Tensor, center: Tensor) -> Tensor:
+    """Paste ``patch_image`` (3,s,s) on each image: side ``side`` (B,) pixels, rotated by ``angle`` (B,) degrees,
+    centred at ``center`` (B, 2) = (x, y) in grid_sample's normalised coordinates. Differentiable in the patch and
+    the images: ``x' = (1 - m) * x + warp(p)``, ``m = warp(1)`` (bilinear, zero outside the patch)."""
+    b, _, h, w = images.shape
+    dev, dt = images.device, images.dtype
+    t = torch.deg2rad(angle.to(torch.float64))
+    cos, sin = torch.cos(t), torch.sin(t)
+    L = side.to(torch.float64)
+    cx, cy = center[:, 0].to(torch.float64), center[:, 1].to(torch.float64)
+    # image point p (normalised) -> patch point u: u = R(-angle) (pixels(p - c)) / (L / 2)
+    a11, a12 = w * cos / L, h * sin / L
+    a21, a22 = -w * sin / L, h * cos / L
+    theta = torch.stack([torch.stack([a11, a12, -a11 * cx - a12 * cy], 1),
+                         torch.stack([a21, a22, -a21 * cx - a22 * cy], 1)], 1).to(dev, dt)
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    p = patch_image.to(dev, dt)
+    src = torch.cat([p, torch.ones_like(p[:1])]).unsqueeze(0).expand(b, -1, -1, -1)
+    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mask = warped[:, 3:]
+    return images * (1.0 - mask) + warped[:, :3]
+
+
+def _draw_placement(n: int, h: int, w: int, s: int, eot: Mapping[str, Any], generator: torch.Generator
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Random (side (n,), angle (n,), centre (n, 2)) with the rotated patch inside the image where it fits."""
+    side = s * _uniform(n, eot["scale"], generator)
+    angle = _uniform(n, eot["rotation"], generator)
+    t = torch.deg2rad(angle)
+    half = side / 2 * (t.cos().abs() + t.sin().abs())  # half extent of the rotated square, in pixels
+    if eot["location"] == "center":
+        return side, angle, torch.zeros(n, 2, dtype=torch.float64)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    room_x = (1.0 - 2.0 * half / w).clamp(min=0.0)  # centre range in normalised coordinates: [-room, room]
+    room_y = (1.0 - 2.0 * half / h).clamp(min=0.0)
+    center = torch.stack([(2 * u[:, 0] - 1) * room_x, (2 * u[:, 1] - 1) * room_y], 1)
+    return side, angle, center
+
+
+@dataclass
+class Patch:
+    """The result of :func:`patch`: ``image`` (3,s,s) in [0, 1]; ``success_rate`` the share of held-out
+    placements (images x ``eval_placements`` random places) classified as ``target_class``;
+    ``initial_success_rate`` the same for the random starting patch, ``clean_rate`` for the images without a
+    patch; ``losses`` (steps,) the mean cross-entropy to the target per step; ``params``; ``eot``."""
+
+    image: Tensor
+    target_class: int
+    success_rate: float
+    initial_success_rate: float
+    clean_rate: float
+    losses: Tensor
+    params: dict[str, Any]
+    eot: dict[str, Any]
+    train_indices: list[int] = field(default_factory=list)
+    eval_indices: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def side(self) -> int:
+        return int(self.image.shape[-1])
+
+    def apply(self, images: Tensor, generator: torch.Generator | None = None, *,
+              location: tuple[int, int] | None = None, scale: float | None = None,
+              rotation: float | None = None) -> Tensor:
+        """``images`` (B,3,H,W) in [0, 1] with the patch pasted: at random (scale, rotation, location from the EOT
+        ranges, drawn from ``generator``; None: one seeded by the patch's seed) or at ``location`` = (row, col) of
+        the patch's top-left corner in pixels (then scale 1 and no rotation unless given)."""
+        images = _check_images(images)
+        b, _, h, w = images.shape
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(self.params.get("seed", 0)))
+        eot = dict(self.eot)
+        if location is not None:
+            eot["scale"] = (1.0, 1.0) if scale is None else _range(scale, "scale", 1e-3, 100.0)
+            eot["rotation"] = (0.0, 0.0) if rotation is None else _range(rotation, "rotation", -360.0, 360.0)
+        else:
+            if scale is not None:
+                eot["scale"] = _range(scale, "scale", 1e-3, 100.0)
+            if rotation is not None:
+                eot["rotation"] = _range(rotation, "rotation", -360.0, 360.0)
+        side, angle, center = _draw_placement(b, h, w, self.side, eot, generator)
+        if location is not None:
+            row, col = (float(v) for v in location)
+            cx = (col + side / 2) / w * 2 - 1
+            cy = (row + side / 2) / h * 2 - 1
+            center = torch.stack([cx, cy], 1)
+        with torch.no_grad():
+            return _place(images, self.image, side, angle, center)
+
+
+def _patch_images(data: Any, model: nn.Module) -> tuple[Tensor, list[tuple[str, str]]]:
+    """The pictures of ``data`` in [0, 1] on the CPU: a tensor is taken as pictures; anything else is read with
+    :func:`seewhy.data.as_data` and turned back from model inputs with the data's mean/std."""
+    if isinstance(data, Tensor):
+        return _check_images(data).cpu(), []
+    from .data import as_data
+
+    d = as_data(data, model)
+    chunks = [d.pictures(batch.inputs) for batch in d.batches(32, desc="patch images", progress=False)]
+    if not chunks:
+        raise ValueError("none of the images in data could be read")
+    return torch.cat(chunks).clamp(0.0, 1.0), list(d.skipped)
+
+
+def patch(model: nn.Module, data: Any, target_class: int | str, size: float = 0.1, steps: int = 200,
+          eot: Mapping[str, Any] | None = None, seed: int = 0, normalize: Normalize = None, *,
+          holdout: float = 0.25, lr: float = 0.05, batch_size: int = 8, eval_placements: int = 4,
+          progress: bool = True) -> Patch:
+    """A universal adversarial patch (Brown et al. 2017): ``max_p E_{x~train, t~EOT} log P(target | A(p, x, t))``.
+
+    The square patch (side ``sqrt(size * H * W)`` pixels, ``size`` the share of the image area) starts uniform
+    random and is trained with Adam (``lr``) on its pixels, clipped to [0, 1] after each step; each step draws
+    ``batch_size`` training images and a scale (of the side), rotation (degrees) and location per image from
+    ``eot`` (default ``scale=(0.8, 1.2), rotation=(-20, 20), location="random"``; location ``"center"`` fixes it).
+
+    Args:
+        data: anything :func:`seewhy.data.as_data` takes (a tensor is taken as pictures (N,3,H,W) in [0, 1]; files
+            and folders are read with the model's preprocessing); a share ``holdout`` is held out for evaluation.
+        target_class: an index, or a class name for models with class names.
+        eval_placements: random placements per held-out image for ``success_rate``.
+
+    The patch and the images live on the model's device, in its dtype; training draws and the evaluation's
+    placements (a generator seeded by ``seed + 1``, the same for the trained and the initial patch) are seeded.
+    """
+    _check_model(model)
+    size = _number(size, "size", 0.0, 1.0, open_low=True)
+    steps = _int(steps, "steps", 0)
+    holdout = _number(holdout, "holdout", 0.0, 0.95)
+    lr = _number(lr, "lr", 0.0, open_low=True)
+    batch_size = _int(batch_size, "batch_size", 1)
+    eval_placements = _int(eval_placements, "eval_placements", 1)
+    seed = _seed(seed)
+    eot_cfg = _eot(eot)
+    target = int(_classes(target_class, 1, model, "target_class")[0])  # type: ignore[index]
+    pictures, skipped = _patch_images(data, model)
+    n, _, h, w = pictures.shape
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    n_eval = min(n - 1, max(1, round(holdout * n))) if holdout > 0 and n > 1 else 0
+    eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
+    if not eval_idx:
+        log.warning("patch: no image held out (holdout=%g, %d image(s)); the success rate is measured on the "
+                    "training images", holdout, n)
+        eval_idx = train_idx
+    side = max(1, round(math.sqrt(size * h * w)))
+    if side > min(h, w):
+        raise ValueError(f"size={size} gives a {side} px patch, larger than the {h}x{w} images; lower size")
+    norm_fn = resolve_normalize(model, normalize)
+    logits_of = _Logits(model, norm_fn)
+    device, dtype = _device_of(model)
+    pictures = pictures.to(device, dtype)
+    start_image = torch.rand(3, side, side, generator=generator, dtype=torch.float64).to(device, dtype)
+    p = start_image.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([p], lr=lr)
+    losses = torch.empty(steps, dtype=torch.float64)
+    goal = torch.full((min(batch_size, len(train_idx)),), target, dtype=torch.long, device=device)
+    train = torch.tensor(train_idx, dtype=torch.long)
+    start = time.perf_counter()
+    with torch.inference_mode(False), model_state(model):
+        with torch.no_grad():
+            _check_range(torch.tensor([target]), logits_of(pictures[:1]).shape[1], "target_class")
+        with progress_bar(steps, "adversarial patch", enabled=progress) as bar:
+            for step in range(steps):
+                pick = train[torch.randperm(len(train), generator=generator)[:goal.shape[0]]]
+                x = pictures[pick.to(device)]
+                sides, angles, centers = _draw_placement(x.shape[0], h, w, side, eot_cfg, generator)
+                with torch.enable_grad():
+                    loss = F.cross_entropy(logits_of(_place(x, p, sides, angles, centers)), goal)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    p.clamp_(0.0, 1.0)
+                losses[step] = float(loss.detach())
+                if step == 0 and steps > 1 and progress:
+                    log.info("adversarial patch: %d steps of %d images at %dx%d (patch %d px): about %s", steps,
+                             x.shape[0], h, w, side, format_seconds((time.perf_counter() - start) * steps))
+                bar.update()
+        image = p.detach().clone()
+        with torch.no_grad():
+            rates = _rates(logits_of, pictures[torch.tensor(eval_idx).to(device)], [image, start_image], side,
+                           eot_cfg, target, eval_placements, seed, batch_size)
+    params = {"target_class": target, "size": size, "side": side, "steps": steps, "lr": lr,
+              "batch_size": int(goal.shape[0]), "holdout": holdout, "eval_placements": eval_placements, "seed": seed,
+              "images": n, "train_images": len(train_idx), "eval_images": len(eval_idx), "skipped": len(skipped)}
+    return Patch(image=image, target_class=target, success_rate=rates[0], initial_success_rate=rates[1],
+                 clean_rate=rates[2], losses=losses.float(), params=params, eot=eot_cfg, train_indices=train_idx,
+                 eval_indices=eval_idx, seconds=time.perf_counter() - start)
+
+
+def _device_of(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _rates(logits_of: _Logits, images: Tensor, patches: Sequence[Tensor], side: int, eot: Mapping[str, Any],
+           target: int, placements: int, seed: int, batch_size: int) -> list[float]:
+    """The share classified as ``target`` with each patch at the same random placements (a generator seeded by
+    ``seed + 1``), and without a patch."""
+    n, _, h, w = images.shape
+    generator = torch.Generator().manual_seed(seed + 1)
+    draws = [_draw_placement(n, h, w, side, eot, generator) for _ in range(placements)]
+    hits = [0] * (len(patches) + 1)
+    chunk = max(1, batch_size)
+    for i in range(0, n, chunk):
+        x = images[i:i + chunk]
+        hits[-1] += int((logits_of(x).argmax(1) == target).sum()) * placements
+        for side_, angle, center in draws:
+            sl = slice(i, i + x.shape[0])
+            for j, pimg in enumerate(patches):
+                hits[j] += int((logits_of(_place(x, pimg, side_[sl], angle[sl], center[sl])).argmax(1)
+                                == target).sum())
+    return [hit / (n * placements) for hit in hits]
