@@ -9,7 +9,7 @@
   (affine grid + grid_sample with a mask).
 
 Images are in [0, 1] (B, 3, H, W); ``normalize`` maps them to the model's input (None: the zoo model's, see
-:func:`seewhy.featvis.render.resolve_normalize`). The loss is the cross-entropy on the logits. The model is left as
+:func:`seewhy.zoo.resolve_normalize`). The loss is the cross-entropy on the logits. The model is left as
 found (:func:`seewhy.hooks.model_state`); randomness comes only from ``torch.Generator`` seeded by ``seed``.
 """
 
@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .featvis.render import Normalize, resolve_normalize
+from .engine import prefers_channels_last
 from .hooks import model_state
 from .progress import format_seconds
 from .progress import progress as progress_bar
+from .zoo import Normalize, resolve_normalize
 
 log = logging.getLogger("seewhy")
 
@@ -228,9 +229,15 @@ class _Logits:
 
     def __init__(self, model: nn.Module, normalize: Callable[[Tensor], Tensor]) -> None:
         self.model, self.normalize = model, normalize
+        self.channels_last: bool | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        out = self.model(self.normalize(x))
+        z = self.normalize(x)
+        if self.channels_last is None:  # the memory layout conv models run fastest in (seewhy.engine)
+            self.channels_last = prefers_channels_last(self.model, z)
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        out = self.model(z)
         if not isinstance(out, Tensor) or out.ndim != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the model returns {shape}; attacks need (B, K) class scores (logits)")

@@ -54,6 +54,7 @@ from . import estimate, images, report, zoo
 from .annotations import check_labels, load_labels, object_masks
 from .argtypes import device as _device
 from .argtypes import positive_int, setting
+from .attack_cli import add_parser as add_attack_parser
 from .command import (  # noqa: F401  (the exit codes and UsageError are part of this module's interface)
     EPILOG,
     EXIT_CODES,
@@ -67,7 +68,6 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     exit_code,
     run,
 )
-from .attack_cli import add_parser as add_attack_parser
 from .core import METHODS
 from .effects_cli import add_parser as add_effects_parser
 from .featvis.cli import add_parser as add_featvis_parser

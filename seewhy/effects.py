@@ -595,7 +595,7 @@ def transform_effects(model: nn.Module, images: Tensor, transform: Any = "bright
             in chunks of this many.
     """
     from .engine import default_batch_size
-    from .featvis.render import resolve_normalize
+    from .zoo import resolve_normalize
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -18,7 +18,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..hooks import StopForward, capture, model_state, watch
 from ..layers import resolve_layer
 from ..progress import format_seconds
 from ..progress import progress as progress_bar
+from ..zoo import Normalize, input_normalizer, resolve_normalize
 from .objectives import INPUT, LOGITS, Activations, Objective, as_objective
 from .param import image_param
 from .regularizers import Regularizer, as_regularizers
@@ -38,9 +39,8 @@ from .transforms import Transform, resolve_transforms
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["FeatVis", "Normalize", "resolve_normalize", "robust_probability", "visualize"]
+__all__ = ["FeatVis", "robust_probability", "visualize"]
 
-Normalize = tuple[Sequence[float], Sequence[float]] | Callable[[Tensor], Tensor] | bool | None
 
 
 @dataclass
@@ -58,51 +58,6 @@ class FeatVis:
     objective_values: Tensor
     seconds: float = 0.0
     layers: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _normalizer(model: nn.Module, normalize: Normalize) -> tuple[Callable[[Tensor], Tensor], Any]:
-    """(function applied to [0, 1] images, a JSON-able description)."""
-    if normalize is None:
-        from ..zoo import spec_of
-
-        spec = spec_of(model)
-        if spec is None:
-            log.warning("visualize: no normalize given and %s is not a zoo model, so it gets [0, 1] pixels; pass "
-                        "normalize=(mean, std) (e.g. ImageNet's) or normalize=False to silence this",
-                        type(model).__name__)
-            return (lambda x: x), None
-        normalize = (spec.mean, spec.std)
-    if normalize is False:
-        return (lambda x: x), None
-    if normalize is True:
-        raise ValueError("normalize=True is ambiguous; pass (mean, std), a callable, False or None (the zoo's)")
-    if callable(normalize):
-        return normalize, getattr(normalize, "__name__", type(normalize).__name__)
-    try:
-        mean, std = normalize
-        mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
-    except (TypeError, ValueError):
-        raise ValueError(f"normalize must be (mean, std), a callable, False or None; got {normalize!r}") from None
-    if mean_t.numel() not in (1, 3) or std_t.numel() not in (1, 3) or (std_t <= 0).any():
-        raise ValueError(f"normalize=(mean, std) needs 1 or 3 values each and std > 0; got {normalize!r}")
-    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-    def fn(x: Tensor) -> Tensor:
-        key = (x.device, x.dtype)
-        if key not in cache:
-            cache[key] = (mean_t.to(x.device, x.dtype).reshape(1, -1, 1, 1),
-                          std_t.to(x.device, x.dtype).reshape(1, -1, 1, 1))
-        m, s = cache[key]
-        return (x - m) / s
-
-    return fn, {"mean": mean_t.tolist(), "std": std_t.tolist()}
-
-
-def resolve_normalize(model: nn.Module, normalize: Normalize) -> Callable[[Tensor], Tensor]:
-    """The function that maps [0, 1] images to ``model``'s input: ``normalize`` = (mean, std), a callable, False
-    (none) or None (the zoo model's, else none with a warning)."""
-    return _normalizer(model, normalize)[0]
 
 
 def _int(value: Any, what: str, low: int = 1) -> int:
@@ -266,7 +221,7 @@ def visualize(
     obj = as_objective(objective, imagenet_classes() if spec is not None and spec.has_weights else None)
     regs = as_regularizers(regularizers)
     transform = resolve_transforms(transforms, size)
-    norm, norm_desc = _normalizer(model, normalize)
+    norm, norm_desc = input_normalizer(model, normalize)
     device, dtype = _model_device(model)
     p = image_param(param, size, batch, decorrelate=decorrelate, seed=int(seed), device=device, dtype=dtype)
     if init is not None:

@@ -19,14 +19,16 @@ import hashlib
 import importlib
 import importlib.resources
 import importlib.util
+import logging
 import os
 import pickle
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ from torch import Tensor, nn
 from .. import images
 from . import small
 from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+
+log = logging.getLogger("seewhy")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -387,3 +391,50 @@ __all__ = [
     "load_model",
     "spec_of",
 ]
+
+
+#: a model's input normalisation: (mean, std), a callable on [0, 1] images, False (none) or None (the zoo model's)
+Normalize = tuple[Sequence[float], Sequence[float]] | Callable[[Tensor], Tensor] | bool | None
+
+
+def input_normalizer(model: nn.Module, normalize: Normalize) -> tuple[Callable[[Tensor], Tensor], Any]:
+    """The function that maps [0, 1] images to ``model``'s input, and a JSON-able description of it: ``normalize`` =
+    (mean, std), a callable, False (none) or None (the zoo model's, else none with a warning)."""
+    if normalize is None:
+        spec = spec_of(model)
+        if spec is None:
+            log.warning("no normalize given and %s is not a zoo model, so it gets [0, 1] pixels; pass "
+                        "normalize=(mean, std) (e.g. ImageNet's) or normalize=False to silence this",
+                        type(model).__name__)
+            return (lambda x: x), None
+        normalize = (spec.mean, spec.std)
+    if normalize is False:
+        return (lambda x: x), None
+    if normalize is True:
+        raise ValueError("normalize=True is ambiguous; pass (mean, std), a callable, False or None (the zoo's)")
+    if callable(normalize):
+        return normalize, getattr(normalize, "__name__", type(normalize).__name__)
+    try:
+        mean, std = normalize
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize must be (mean, std), a callable, False or None; got {normalize!r}") from None
+    if mean_t.numel() not in (1, 3) or std_t.numel() not in (1, 3) or (std_t <= 0).any():
+        raise ValueError(f"normalize=(mean, std) needs 1 or 3 values each and std > 0; got {normalize!r}")
+    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def fn(x: Tensor) -> Tensor:
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cache[key] = (mean_t.to(x.device, x.dtype).reshape(1, -1, 1, 1),
+                          std_t.to(x.device, x.dtype).reshape(1, -1, 1, 1))
+        m, s = cache[key]
+        return (x - m) / s
+
+    return fn, {"mean": mean_t.tolist(), "std": std_t.tolist()}
+
+
+def resolve_normalize(model: nn.Module, normalize: Normalize) -> Callable[[Tensor], Tensor]:
+    """The function that maps [0, 1] images to ``model``'s input (see :func:`input_normalizer`)."""
+    return input_normalizer(model, normalize)[0]
