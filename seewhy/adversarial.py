@@ -32,6 +32,7 @@ from .hooks import model_state
 from .progress import format_seconds
 from .progress import progress as progress_bar
 from .zoo import Normalize, resolve_normalize
+from .zoo import class_names as zoo_class_names
 
 log = logging.getLogger("seewhy")
 
@@ -170,16 +171,6 @@ def _seed(seed: Any) -> int:
     return int(seed)
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
-    names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
-    from .zoo import imagenet_classes, spec_of
-
-    spec = spec_of(model)
-    return imagenet_classes() if spec is not None and spec.has_weights else None
-
-
 def _classes(spec: TargetArg, n: int, model: nn.Module, what: str) -> Tensor | None:
     """``spec`` (an int, a class name, or one per image) -> (n,) long on the CPU; None for None."""
     if spec is None:
@@ -188,7 +179,7 @@ def _classes(spec: TargetArg, n: int, model: nn.Module, what: str) -> Tensor | N
 
     def one(v: Any) -> int:
         if isinstance(v, str):
-            names = _class_names(model)
+            names = zoo_class_names(model)
             if not names:
                 raise ValueError(f"{what} {v!r} is a class name, but {type(model).__name__} has no class names (the "
                                  "pretrained zoo models have ImageNet's); give the class index")

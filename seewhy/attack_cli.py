@@ -133,31 +133,10 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
 # -- the command ---------------------------------------------------------------------------------------
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
-    names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
-    spec = zoo.spec_of(model)
-    return zoo.imagenet_classes() if spec is not None and spec.has_weights else None
-
-
 def _target(text: str | None, names: Sequence[str] | None) -> int | None:
-    from .targets import class_index
+    from .targets import parse_class
 
-    if text is None:
-        return None
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        if int(text) < 0:
-            raise ValueError(f"--target {text} is negative; give a class index >= 0 or a class name")
-        return int(text)
-    if not names:
-        raise ValueError(f"--target {text!r} is a class name, but this model has no class names (the pretrained zoo "
-                         "model has ImageNet's); give the class index")
-    try:
-        return class_index(text, names)
-    except ValueError as err:
-        raise ValueError(f"--target: {err}") from None
+    return None if text is None else parse_class(text, names, "--target")
 
 
 def _attack_options(args: argparse.Namespace, spec: zoo.ModelSpec, target: int | None) -> dict[str, Any]:
@@ -193,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, spec = zoo.load_model(args.model, args.weights)
     model = model.to(device)
-    names = _class_names(model)
+    names = zoo.class_names(model)
     target = _target(args.target, names)
     from .core import seeded
 

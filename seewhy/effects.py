@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import zoo
 from .hooks import model_state
 from .progress import progress as _progress
 
@@ -542,26 +543,16 @@ class TransformEffects:
     identity: float | None
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
-    names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
-    from . import zoo
-
-    spec = zoo.spec_of(model)
-    return zoo.imagenet_classes() if spec is not None and spec.has_weights else None
-
-
 def _resolve_target(target: Any, clean_logits: Tensor, model: nn.Module) -> Tensor:
     from .targets import make_target
 
     b, k = clean_logits.shape
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit() \
             and target.strip().lower() not in ("top1", "pred", "predicted"):
-        names = _class_names(model)
+        names = zoo.class_names(model)
         spec: Any = target
     elif isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target):
-        names, spec = _class_names(model), list(target)
+        names, spec = zoo.class_names(model), list(target)
     else:
         names, spec = None, target
     if callable(spec) and not isinstance(spec, (Tensor, str)):

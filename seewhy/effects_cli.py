@@ -145,7 +145,7 @@ def _target(text: str, names: list[str] | None) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``seewhy effects`` command; returns the exit code."""
     from . import images
-    from .effects import _class_names, apply_transform, transform_effects
+    from .effects import apply_transform, transform_effects
     from .effects_report import EffectsRun, write_effects_report
     from .inputs import load_inputs
     from .viz import tensor_to_image
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, spec = zoo.load_model(args.model, args.weights)
     model = model.to(device)
-    names = _class_names(model)
+    names = zoo.class_names(model)
     target = _target(args.target, names)
 
     loaded, failures = load_inputs(args.images)

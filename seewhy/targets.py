@@ -184,6 +184,23 @@ def class_index(name: str, class_names: Sequence[str] | None) -> int:
     raise ValueError(f"unknown class name {name!r}{hint} (or pass a class index)")
 
 
+def parse_class(text: str, class_names: Sequence[str] | None, what: str = "class") -> int:
+    """A class index from text: ``K`` (an index >= 0) or a class name (:func:`class_index`, close names suggested).
+    ValueError, prefixed with ``what`` (e.g. ``--target``), naming the fix."""
+    text = str(text).strip()
+    if text.lstrip("-").isdigit():
+        if int(text) < 0:
+            raise ValueError(f"{what}: class {text} is negative; give an index >= 0 or a class name")
+        return int(text)
+    if not class_names:
+        raise ValueError(f"{what}: {text!r} is a class name, but this model has no class names (the pretrained zoo "
+                         "model has ImageNet's); give the class index instead")
+    try:
+        return class_index(text, class_names)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
 def _similar(key: str, class_names: Sequence[str], n: int = 5) -> list[int]:
     """Indices of the classes most like ``key``: those with ``key`` as a word of a name or synonym first ("cat" ->
     "tiger cat", "Persian cat"), then the closest spellings of any synonym ("tigre cat" -> "tiger cat")."""

@@ -34,6 +34,7 @@ from ..argtypes import positive_int
 from ..command import EXIT_NOTHING
 from ..progress import format_seconds
 from ..report_files import prepare_out_dir
+from ..targets import parse_class
 
 log = logging.getLogger("seewhy")
 
@@ -212,33 +213,6 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, zoo.ModelSpec, Any]:
     return model.to(device), spec, device
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
-    """The model's class names: its ``class_names``, else ImageNet's for a pretrained zoo model, else None."""
-    names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
-    spec = zoo.spec_of(model)
-    return zoo.imagenet_classes() if spec is not None and spec.has_weights else None
-
-
-def _class_index(text: str, names: Sequence[str] | None, what: str) -> int:
-    """A class index from ``K`` or a class name (close names suggested); ValueError naming the fix."""
-    from ..targets import class_index
-
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        if int(text) < 0:
-            raise ValueError(f"{what}: class {text} is negative; give an index >= 0 or a class name")
-        return int(text)
-    if not names:
-        raise ValueError(f"{what}: {text!r} is a class name, but this model has no class names (the pretrained zoo "
-                         "model has ImageNet's); give the class index instead")
-    try:
-        return class_index(text, names)
-    except ValueError as err:
-        raise ValueError(f"{what}: {err}") from None
-
-
 def _header(kind: str, args: argparse.Namespace, spec: zoo.ModelSpec, device: Any, settings: dict[str, Any],
             layer: str | None = None, estimate: dict[str, Any] | None = None) -> dict[str, Any]:
     weights = args.weights or ("pretrained" if spec.has_weights else "none (random init)")
@@ -262,14 +236,14 @@ def _objectives(specs: Sequence[str], model: nn.Module) -> list[Any]:
     from ..layers import resolve_layer
     from .objectives import INPUT, LOGITS, SPEC_HELP, as_objective
 
-    names = _class_names(model)
+    names = zoo.class_names(model)
     out = []
     for spec in specs:
         kind, _, rest = spec.strip().partition(":")
         if kind.strip().lower() in ("class", "class_logit", "logit", "probability", "class_probability"):
             if not rest.strip():
                 raise ValueError(f"objective {spec!r} names no class; write {kind}:K or {kind}:NAME")
-            spec = f"{kind}:{_class_index(rest, names, f'objective {spec!r}')}"
+            spec = f"{kind}:{parse_class(rest, names, f'objective {spec!r}')}"
         try:
             obj = as_objective(spec, names)
         except ValueError as err:
@@ -374,7 +348,7 @@ def _atlas(args: argparse.Namespace) -> int:
     r = LayerRun(args)  # the output folder checked first, the model on its device
     class_filter = None
     if args.class_filter is not None:
-        class_filter = _class_index(args.class_filter, _class_names(r.model), "--class")
+        class_filter = parse_class(args.class_filter, zoo.class_names(r.model), "--class")
     note = "then the UMAP layout and the icons" if class_filter is None else \
         "about 3x that with --class (a backward per batch), then the UMAP layout and the icons"
     if (shape := r.start(note=note)) is None:

@@ -215,10 +215,9 @@ def visualize(
         input_size = _default_input_size(model, size)
     elif _int(input_size, "input_size", 2) == size:
         input_size = None
-    from ..zoo import imagenet_classes, spec_of
+    from ..zoo import class_names
 
-    spec = spec_of(model)
-    obj = as_objective(objective, imagenet_classes() if spec is not None and spec.has_weights else None)
+    obj = as_objective(objective, class_names(model))
     regs = as_regularizers(regularizers)
     transform = resolve_transforms(transforms, size)
     norm, norm_desc = input_normalizer(model, normalize)

@@ -150,6 +150,16 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def class_names(model: nn.Module) -> list[str] | None:
+    """The class names of ``model``'s outputs: its ``class_names`` attribute, else ImageNet's for a pretrained zoo
+    model (recognised by :func:`spec_of`), else None."""
+    names = getattr(model, "class_names", None)
+    if names:
+        return list(names)
+    spec = spec_of(model)
+    return imagenet_classes() if spec is not None and spec.has_weights else None
+
+
 def list_models() -> list[str]:
     """Names of the zoo models."""
     return list(MODELS)
