@@ -27,11 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from . import command, zoo
-from .argtypes import device as _device
 from .argtypes import positive_int
 from .command import EXIT_NOTHING
 from .progress import format_seconds
-from .report_files import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
@@ -168,10 +166,7 @@ def run(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else (2 / 255 if args.norm == "linf" else 0.5)
     if args.norm == "linf" and eps > 1:
         raise ValueError(f"--eps {eps:g} is larger than the [0, 1] pixel range; L-inf budgets are like 2/255")
-    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
-    device = _device(args.device)
-    model, spec = zoo.load_model(args.model, args.weights)
-    model = model.to(device)
+    model, spec, device = command.open_model(args)
     names = zoo.class_names(model)
     target = _target(args.target, names)
     from .core import seeded

@@ -105,3 +105,17 @@ class _Formatter(logging.Formatter):
 def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
     log.warning("%s", message)
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """What a report command does first: the output folder ``args.out`` checked (before any work, honouring
+    ``args.overwrite``), then ``args.model`` (with ``args.weights``) loaded onto ``args.device``: (model, zoo spec,
+    device)."""
+    from . import zoo
+    from .argtypes import device as parse_device
+    from .report_files import prepare_out_dir
+
+    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
+    device = parse_device(args.device)
+    model, spec = zoo.load_model(args.model, args.weights)
+    return model.to(device), spec, device

@@ -22,10 +22,8 @@ from typing import Any
 import torch
 
 from . import command, zoo
-from .argtypes import device as _device
 from .argtypes import positive_int
 from .command import EXIT_NOTHING, UsageError
-from .report_files import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
@@ -152,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     transforms: list[str] = args.transform
     values = parse_values(args.values, transforms)
-    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
-    device = _device(args.device)
-    model, spec = zoo.load_model(args.model, args.weights)
-    model = model.to(device)
+    model, spec, device = command.open_model(args)
     names = zoo.class_names(model)
     target = _target(args.target, names)
 

@@ -29,11 +29,9 @@ from typing import Any
 from torch import nn
 
 from .. import command, zoo
-from ..argtypes import device as _device
 from ..argtypes import positive_int
 from ..command import EXIT_NOTHING
 from ..progress import format_seconds
-from ..report_files import prepare_out_dir
 from ..targets import parse_class
 
 log = logging.getLogger("seewhy")
@@ -205,14 +203,6 @@ def _model_options(parents: list[argparse.ArgumentParser]) -> argparse.ArgumentP
 # -- shared --------------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, zoo.ModelSpec, Any]:
-    """Check the output folder (before any work), load the model onto its device: (model, spec, device)."""
-    prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
-    device = _device(args.device)
-    model, spec = zoo.load_model(args.model, args.weights)
-    return model.to(device), spec, device
-
-
 def _header(kind: str, args: argparse.Namespace, spec: zoo.ModelSpec, device: Any, settings: dict[str, Any],
             layer: str | None = None, estimate: dict[str, Any] | None = None) -> dict[str, Any]:
     weights = args.weights or ("pretrained" if spec.has_weights else "none (random init)")
@@ -284,7 +274,7 @@ def _featvis(args: argparse.Namespace) -> int:
     from .render import visualize
 
     regularizers = tuple(r for group in args.regularizer for r in group)
-    model, spec, device = _load(args)
+    model, spec, device = command.open_model(args)
     objectives = _with_diversity(_objectives(args.objective, model), args.diversity, args.batch)
     options = {"size": args.size, "lr": args.lr, "param": args.param, "decorrelate": args.decorrelate,
                "transforms": args.transforms, "regularizers": regularizers, "batch": args.batch,

@@ -29,14 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import command, zoo
 from ..argtypes import count, positive_int
-from ..argtypes import device as _device
 from ..command import EXIT_NOTHING
 from ..progress import format_seconds
-from ..report_files import prepare_out_dir
 
 log = logging.getLogger("seewhy")
 
@@ -172,11 +170,8 @@ class LayerRun:
     the data, the layer, and the report's header."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        prepare_out_dir(args.out, overwrite=args.overwrite, create=False)
         self.args = args
-        self.device = _device(args.device)
-        model, self.spec = zoo.load_model(args.model, args.weights)
-        self.model: nn.Module = model.to(self.device)
+        self.model, self.spec, self.device = command.open_model(args)
         self.data: Any = None
         self.first = torch.empty(0)  # the data's first input (1,C,H,W), set by open_data
         self.layer = ""
