@@ -51,10 +51,10 @@ import torch
 from torch import nn
 
 from . import estimate, images, report, zoo
+from .adversarial.cli import add_parser as add_attack_parser
 from .annotations import check_labels, load_labels, object_masks
 from .argtypes import device as _device
 from .argtypes import positive_int, setting
-from .attack_cli import add_parser as add_attack_parser
 from .command import (  # noqa: F401  (the exit codes and UsageError are part of this module's interface)
     EPILOG,
     EXIT_CODES,
@@ -69,7 +69,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     run,
 )
 from .core import METHODS
-from .effects_cli import add_parser as add_effects_parser
+from .effects.cli import add_parser as add_effects_parser
 from .featvis.cli import add_parser as add_featvis_parser
 from .hooks import model_state
 from .inputs import load_inputs, predict, prepare, stack_batches

@@ -15,6 +15,7 @@ from torch import nn
 
 from seewhy import adversarial as A
 from seewhy import zoo
+from seewhy.adversarial import attacks, universal_patch
 
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the tiny zoo models' normalisation
 
@@ -81,10 +82,10 @@ def test_eps_ball_and_box(attack: str, norm: str, random_start: bool, name: str)
 def test_random_start_is_uniform_in_the_ball() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.full((64, 3, 8, 8), 0.5)
-    d = A._random_start(x, 0.1, "linf", g)
+    d = attacks._random_start(x, 0.1, "linf", g)
     assert float(d.abs().max()) <= 0.1 and float(d.abs().max()) > 0.09
     assert abs(float(d.mean())) < 0.01  # centred
-    d2 = A._random_start(x, 0.3, "l2", g)
+    d2 = attacks._random_start(x, 0.3, "l2", g)
     n = d2.flatten(1).norm(dim=1)
     assert float(n.max()) <= 0.3 + 1e-6 and float(n.min()) > 0.2  # in the ball, most mass near the sphere (d=192)
 
@@ -360,7 +361,7 @@ def test_patch_placement() -> None:
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 6, 6, generator=g)
     p = A.Patch(image=img, target_class=0, success_rate=0.0, initial_success_rate=0.0, clean_rate=0.0,
-                losses=torch.empty(0), params={"seed": 0}, eot=A._eot(None))
+                losses=torch.empty(0), params={"seed": 0}, eot=universal_patch._eot(None))
     x = torch.rand(2, 3, 20, 24, generator=g)
     out = p.apply(x, location=(3, 5))
     torch.testing.assert_close(out[:, :, 3:9, 5:11], img.expand(2, -1, -1, -1), rtol=0, atol=1e-5)
@@ -375,8 +376,9 @@ def test_patch_placement() -> None:
     r2 = p.apply(x, torch.Generator().manual_seed(3))
     assert torch.equal(r1, r2) and float(r1.min()) >= 0 and float(r1.max()) <= 1 and not torch.equal(r1, x)
     q = img.clone().requires_grad_(True)
-    side, angle, center = A._draw_placement(2, 20, 24, 6, A._eot(None), torch.Generator().manual_seed(0))
-    (grad,) = torch.autograd.grad(A._place(x, q, side, angle, center).sum(), q)
+    side, angle, center = universal_patch._draw_placement(2, 20, 24, 6, universal_patch._eot(None),
+                                                          torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad(universal_patch._place(x, q, side, angle, center).sum(), q)
     assert float(grad.abs().sum()) > 0
 
 

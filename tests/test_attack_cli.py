@@ -1,6 +1,6 @@
-"""``seewhy attack``, run in-process through a parser built with ``attack_cli.add_parser`` and ``command.run`` (as
-``seewhy.cli.main`` runs it): the report's files and numbers (checked against :func:`seewhy.adversarial.pgd` called
-directly), the cost said up front, exit codes and stdout."""
+"""``seewhy attack``, run in-process through a parser built with ``seewhy.adversarial.cli.add_parser`` and
+``command.run`` (as ``seewhy.cli.main`` runs it): the report's files and numbers (checked against
+:func:`seewhy.adversarial.pgd` called directly), the cost said up front, exit codes and stdout."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from seewhy import adversarial, attack_cli, command, images, zoo
+from seewhy import adversarial, command, images, zoo
+from seewhy.adversarial import cli as attack_cli
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from seewhy import command
 from seewhy.effects import TRANSFORMS
-from seewhy.effects_cli import add_parser
+from seewhy.effects.cli import add_parser
 
 
 def _main(argv: list[str]) -> int:

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from . import command, zoo
-from .argtypes import positive_int
-from .command import EXIT_NOTHING, UsageError
+from .. import command, zoo
+from ..argtypes import positive_int
+from ..command import EXIT_NOTHING, UsageError
 
 log = logging.getLogger("seewhy")
 
@@ -34,7 +34,7 @@ _FORMAT = {"epilog": command.EPILOG, "formatter_class": argparse.RawDescriptionH
 
 def _transforms(text: str) -> list[str]:
     """``brightness,blur`` -> the transform names (checked), or every built-in for ``all``."""
-    from .effects import TRANSFORMS
+    from . import TRANSFORMS
 
     names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
     if names == ["all"]:
@@ -52,7 +52,7 @@ def parse_values(items: list[str] | None, transforms: list[str]) -> dict[str, tu
     """``--values`` items -> {transform: values}: numbers or ``V1,V2,...`` (for a single --transform) or
     ``NAME=V1,V2,...``;
     each checked against the transform's range. UsageError naming the fix."""
-    from .effects import _values
+    from . import transform_values
 
     groups: dict[str, list[str]] = {}
     for item in items or []:
@@ -74,21 +74,21 @@ def parse_values(items: list[str] | None, transforms: list[str]) -> dict[str, tu
         except ValueError:
             raise UsageError(f"--values {' '.join(texts)}: expected numbers such as -0.2,0,0.2") from None
         try:
-            out[name] = _values(numbers, name, _spec(name))
+            out[name] = transform_values(numbers, name, _spec(name))
         except (ValueError, TypeError) as err:
             raise UsageError(f"--values: {err}") from None
     return out
 
 
 def _spec(name: str) -> Any:
-    from .effects import TRANSFORMS
+    from . import TRANSFORMS
 
     return TRANSFORMS[name]
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``effects`` to ``subparsers``; ``common`` is the parent parser of ``-v``/``-q``. Sets ``func=run``."""
-    from .effects import TRANSFORMS
+    from . import TRANSFORMS
 
     meanings = "; ".join(f"{name}: {spec.meaning} (unchanged at {spec.identity:g})"
                          for name, spec in TRANSFORMS.items())
@@ -124,7 +124,7 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
 
 def _target(text: str, names: list[str] | None) -> Any:
     """``top1`` -> None, ``K`` -> K, a class name checked against the model's names."""
-    from .targets import class_index
+    from ..targets import class_index
 
     key = text.strip()
     if key.lower() in ("top1", "pred", "predicted"):
@@ -142,11 +142,11 @@ def _target(text: str, names: list[str] | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``seewhy effects`` command; returns the exit code."""
-    from . import images
-    from .effects import apply_transform, transform_effects
-    from .effects_report import EffectsRun, write_effects_report
-    from .inputs import load_inputs
-    from .viz import tensor_to_image
+    from .. import images
+    from ..inputs import load_inputs
+    from ..viz import tensor_to_image
+    from . import apply_transform, transform_effects
+    from .report import EffectsRun, write_effects_report
 
     transforms: list[str] = args.transform
     values = parse_values(args.values, transforms)

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .effects import TRANSFORMS, TransformEffects
-from .progress import format_seconds
-from .report_files import write_page_report
-from .report_layout import csv_bytes, enlarge, fmt_num, jpeg_uri, png_uri
+from ..progress import format_seconds
+from ..report_files import write_page_report
+from ..report_layout import csv_bytes, enlarge, fmt_num, jpeg_uri, png_uri
+from . import TRANSFORMS, TransformEffects
 
 __all__ = ["EffectsRun", "effects_plot", "write_effects_report"]
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from . import viz
-from .images import image_name
-from .progress import format_seconds
-from .report_files import write_page_report
-from .report_layout import jpeg_uri, plural, png_uri
+from .. import viz
+from ..images import image_name
+from ..progress import format_seconds
+from ..report_files import write_page_report
+from ..report_layout import jpeg_uri, plural, png_uri
 
 __all__ = ["magnified", "write_attack"]
 
@@ -59,7 +59,7 @@ def write_attack(out_dir: str | os.PathLike, header: Mapping[str, Any], sources:
                  failures: Sequence[tuple[str, str]] = (), overwrite: bool = False) -> Path:
     """The report of an attack on ``batches`` (images in [0, 1]) with one :class:`~seewhy.adversarial.Attack` per
     batch; ``explanations[method]`` one dict per batch (``before``/``after`` heatmaps and overlays, ``spearman``,
-    ``top_overlap``, from :mod:`seewhy.attack_cli`); ``curve`` a :class:`~seewhy.adversarial.RobustnessCurve`.
+    ``top_overlap``, from :mod:`seewhy.adversarial.cli`); ``curve`` a :class:`~seewhy.adversarial.RobustnessCurve`.
     Returns the path of ``index.html``."""
     files: dict[str, bytes] = {}
     rows, records = [], []

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import command, zoo
-from .argtypes import positive_int
-from .command import EXIT_NOTHING
-from .progress import format_seconds
+from .. import command, zoo
+from ..argtypes import positive_int
+from ..command import EXIT_NOTHING
+from ..progress import format_seconds
 
 log = logging.getLogger("seewhy")
 
@@ -69,7 +69,7 @@ def parse_eps_list(text: str) -> list[float]:
 
 
 def _methods(text: str) -> list[str]:
-    from .core import METHODS
+    from ..core import METHODS
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -132,7 +132,7 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
 
 
 def _target(text: str | None, names: Sequence[str] | None) -> int | None:
-    from .targets import parse_class
+    from ..targets import parse_class
 
     return None if text is None else parse_class(text, names, "--target")
 
@@ -147,7 +147,7 @@ def _attack_options(args: argparse.Namespace, spec: zoo.ModelSpec, target: int |
 
 def _run_attack(name: str, model: nn.Module, x: Tensor, eps: float, options: dict[str, Any],
                 progress: bool = True) -> Any:
-    from .adversarial import fgsm, pgd
+    from . import fgsm, pgd
 
     if name == "fgsm":
         return fgsm(model, x, eps, **options)
@@ -156,10 +156,10 @@ def _run_attack(name: str, model: nn.Module, x: Tensor, eps: float, options: dic
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``seewhy attack``; returns the exit code."""
-    from . import images
-    from .adversarial import robustness_curve
-    from .inputs import load_inputs, stack_batches
-    from .plan import give_layer
+    from .. import images
+    from ..inputs import load_inputs, stack_batches
+    from ..plan import give_layer
+    from . import robustness_curve
 
     if args.attack == "fgsm" and args.norm != "linf":
         raise ValueError("FGSM is an L-inf attack; use --attack pgd with --norm l2, or drop --norm")
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     model, spec, device = command.open_model(args)
     names = zoo.class_names(model)
     target = _target(args.target, names)
-    from .core import seeded
+    from ..core import seeded
 
     params: dict[str, dict[str, Any]] = {m: seeded(m, {}, args.seed) for m in args.method}
     give_layer(model, args.method, params, args.layer, spec.cam_layer)
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [robustness_curve(model, x, None, args.curve, attack=args.attack, **curve_options) for x in batches]
         curve = _join_curves(parts)
 
-    from . import attack_report
+    from . import report as attack_report
 
     settings = {"attack": args.attack, "eps": eps, "norm": "linf" if args.attack == "fgsm" else args.norm,
                 "steps": 1 if args.attack == "fgsm" else args.steps,
@@ -261,9 +261,9 @@ def _explain_pair(model: nn.Module, x: Tensor, result: Any, method: str, params:
                   spec: zoo.ModelSpec, names: Sequence[str] | None) -> dict[str, Any]:
     """The method's explanation of the clean prediction on the clean images and of the adversarial prediction on the
     adversarial images: heatmaps (B,1,H,W) in [0, 1], with the method's heatmap convention, and the overlays."""
-    from . import viz
-    from .core import explain
-    from .images import normalize
+    from .. import viz
+    from ..core import explain
+    from ..images import normalize
 
     out: dict[str, Any] = {}
     for key, images, target in (("before", x, result.before), ("after", result.adversarial, result.after)):
@@ -301,7 +301,7 @@ def _ranks(v: Tensor) -> Tensor:
 
 
 def _join_curves(parts: Sequence[Any]) -> Any:
-    from .adversarial import RobustnessCurve
+    from . import RobustnessCurve
 
     correct = torch.cat([p.correct for p in parts], 1)
     success = torch.cat([p.success for p in parts], 1)
