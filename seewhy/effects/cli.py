@@ -122,22 +122,13 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     return p
 
 
-def _target(text: str, names: list[str] | None) -> Any:
-    """``top1`` -> None, ``K`` -> K, a class name checked against the model's names."""
-    from ..targets import class_index
+def _target(text: str, names: list[str] | None) -> int | None:
+    """``top1`` -> None (each image's prediction), else a class index from ``K`` or a class name."""
+    from ..targets import parse_class
 
-    key = text.strip()
-    if key.lower() in ("top1", "pred", "predicted"):
+    if text.strip().lower() in ("top1", "pred", "predicted"):
         return None
-    if key.lstrip("-").isdigit():
-        if int(key) < 0:
-            raise UsageError(f"--target {key}: give a class index >= 0, a class name or top1")
-        return int(key)
-    if not names:
-        raise UsageError(f"--target {key!r} is a class name, but this model has no class names (the pretrained zoo "
-                         "model has ImageNet's); give the class index")
-    class_index(key, names)  # ValueError with close names
-    return key
+    return parse_class(text, names, "--target")
 
 
 def run(args: argparse.Namespace) -> int:
