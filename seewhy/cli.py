@@ -27,6 +27,7 @@
                    --out DIR
     seewhy attack IMAGE... --model NAME|SPEC [--eps 2/255] [--attack pgd|fgsm] [--norm linf|l2] [--target K|NAME]
                   [--method saliency,gradcam] [--curve 0,1/255,2/255] --out DIR
+    seewhy serve [--model M ...] [--host 127.0.0.1] [--port 8765] [--workers 1] [--max-upload-mb 20]
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -81,6 +82,7 @@ from .progress import format_seconds
 from .protopnet.cli import add_parser as add_protopnet_parser
 from .report_files import prepare_out_dir
 from .runner import explain_batches
+from .serve.cli import add_parser as add_serve_parser
 from .targets import parse_topk
 from .version import __version__
 
@@ -115,7 +117,7 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
     atlas, prototypes, effects,
-    attack)."""
+    attack, serve)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prototypes_parser(sub, common)
     add_effects_parser(sub, common)
     add_attack_parser(sub, common)
+    add_serve_parser(sub, common)
     return parser
 
 
