@@ -258,6 +258,53 @@ def _layer_job(img: Image.Image, layer: str, top: int) -> Callable[[Any, Any], d
     return job
 
 
+#: what a unit's top patches are searched in: the bundled photos and their four quarter crops (no download)
+PATCH_SOURCES = "the bundled photos and their quarter crops"
+
+
+def _patch_pool(spec: zoo.ModelSpec) -> tuple[torch.Tensor, list[str]]:
+    """The images a unit's top patches come from (model inputs) and their names."""
+    tensors, names = [], []
+    for name in images.BUNDLED:
+        img = images.bundled_image(name)
+        w, h = img.size
+        crops = [("", img)] + [(f" ({where})", img.crop(box)) for where, box in (
+            ("top left", (0, 0, w // 2, h // 2)), ("top right", (w // 2, 0, w, h // 2)),
+            ("bottom left", (0, h // 2, w // 2, h)), ("bottom right", (w // 2, h // 2, w, h)))]
+        for suffix, picture in crops:
+            tensors.append(spec.preprocess(picture))
+            names.append(name + suffix)
+    return torch.stack(tensors), names
+
+
+def _pool_job(model: Any, spec: zoo.ModelSpec) -> tuple[torch.Tensor, list[str]]:
+    return _patch_pool(spec)
+
+
+def _top_patches_job(layer: str, k: int, pool: tuple[torch.Tensor, list[str]]) -> Callable[[Any, Any], Any]:
+    """Every unit's top-``k`` patches of ``layer`` over the pool (one streamed pass; the server caches it per layer,
+    the pool once per model)."""
+    from ..inside.patches import top_patches
+
+    def job(model: Any, spec: zoo.ModelSpec) -> Any:
+        x, names = pool
+        return top_patches(model, x, layer, k=k), names
+
+    return job
+
+
+def _unit_job(found: Any, unit: int) -> Callable[[Any, Any], dict]:
+    def job(model: Any, spec: zoo.ModelSpec) -> dict[str, Any]:
+        top, names = found
+        records = top.records(unit)
+        pictures = top.pictures(unit)
+        return {"unit": unit, "source": PATCH_SOURCES, "patches": [
+            {"image": names[r.index], "value": float(r.value), "position": [int(r.y), int(r.x)],
+             "box": [int(v) for v in r.box], "png": _uri(pic)} for r, pic in zip(records, pictures, strict=True)]}
+
+    return job
+
+
 def _methods_job(methods: Sequence[str]) -> Callable[[Any, Any], list[dict]]:
     from ..estimate import estimate_methods, time_model
 
@@ -552,6 +599,23 @@ def create_app(models: Sequence[str] | None = None, *, max_upload_mb: float = DE
                                      + (", ..." if len(known) > 12 else "") + " (GET /api/layers)")
         img, _ = await read_image(image, bundled)
         return {"model": name, **await service.run(name, _layer_job(img, layer, top))}
+
+    @app.post("/api/unit")
+    async def unit(layer: TextField, unit: IntField, model: OptionalField = None, k: IntField = 6) -> dict[str, Any]:
+        """A unit's top patches (receptive-field crops) among the bundled photos and their quarter crops."""
+        name = service.model(model)
+        if not 1 <= k <= 9:
+            raise HTTPException(400, f"k must be between 1 and 9, got {k}")
+        shapes = {e["name"]: e["shape"] for e in await service.cached(name, "layers", _layers_job)}
+        if layer not in shapes:
+            raise HTTPException(400, f"unknown layer {layer!r} for {name} (GET /api/layers)")
+        if not 0 <= unit < shapes[layer][0]:
+            raise HTTPException(400, f"unit {unit} is out of range for {layer} with {shapes[layer][0]} channels")
+        pool = await service.cached(name, "patch-pool", _pool_job)
+        found = await service.cached(name, f"patches:{layer}", _top_patches_job(layer, 9, pool))
+        answer = await service.run(name, _unit_job(found, unit))
+        answer["patches"] = answer["patches"][:k]
+        return {"model": name, "layer": layer, **answer}
 
     return app
 

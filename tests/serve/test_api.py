@@ -146,6 +146,28 @@ def test_metrics_report_and_layers(client: TestClient) -> None:
     assert r.status_code == 400 and "unknown layer" in r.json()["detail"]
 
 
+def test_unit_top_patches_match_inside_top_patches(client: TestClient) -> None:
+    """/api/unit: a unit's top patches among the bundled photos and their quarter crops, the same records as
+    seewhy.inside.top_patches over the same images."""
+    from seewhy.inside import top_patches
+    from seewhy.serve.app import _patch_pool
+
+    layer, unit = "features.2", 5
+    r = client.post("/api/unit", data={"model": "tiny_cnn", "layer": layer, "unit": str(unit), "k": "4"})
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["layer"] == layer and a["unit"] == unit and len(a["patches"]) == 4
+    x, names = _patch_pool(zoo.get_spec("tiny_cnn"))
+    expected = top_patches(zoo.load("tiny_cnn"), x, layer, k=4).records(unit)
+    assert [p["image"] for p in a["patches"]] == [names[rec.index] for rec in expected]
+    assert [p["value"] for p in a["patches"]] == pytest.approx([rec.value for rec in expected])
+    values = [p["value"] for p in a["patches"]]
+    assert values == sorted(values, reverse=True) and all(_image(p["png"]).size[0] > 0 for p in a["patches"])
+    for bad, why in (({"unit": "99"}, "out of range"), ({"layer": "nope"}, "unknown layer"), ({"k": "0"}, "k must")):
+        r = client.post("/api/unit", data={"model": "tiny_cnn", "layer": layer, "unit": str(unit), **bad})
+        assert r.status_code == 400 and why in r.json()["detail"]
+
+
 def test_page_static_and_clean_500(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]

@@ -170,6 +170,11 @@ def test_compare_view_end_to_end(page, tmp_path: Path) -> None:
     page.wait_for_function(
         "() => { const g = document.querySelector('#layer-grid');"
         " return !g.hidden && g.src.startsWith('data:image/png') && g.complete && g.naturalWidth > 0; }")
+    # ... and a unit's top patches among the bundled photos
+    page.locator("#layer-channels button.unit-button").first.click()
+    page.wait_for_function(
+        "() => { const imgs = document.querySelectorAll('#unit-patches img.patch');"
+        " return imgs.length > 0 && [...imgs].every((i) => i.complete && i.naturalWidth > 0); }")
 
     assert page.locator("#message").is_hidden(), page.inner_text("#message")
     assert not page.problems, page.problems

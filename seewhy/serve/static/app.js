@@ -464,10 +464,37 @@ async function showLayer(layer) {
     grid.hidden = false;
     const n = answer.channels.length;
     status.textContent = `${answer.layer}: ${answer.shape.join("×")}; the ${n} channels with the highest mean`;
-    const items = answer.channels.map((c) => el("li", { text: `channel ${c.index}: mean ${Number(c.mean).toFixed(3)}` }));
+    const items = answer.channels.map((c) => el("li", {},
+      el("button", { type: "button", class: "unit-button", "data-unit": String(c.index),
+                     onclick: () => showUnit(layer, c.index) },
+         `channel ${c.index}`), ` mean ${Number(c.mean).toFixed(3)}`));
     $("#layer-channels").replaceChildren(...items);
+    $("#unit-patches").replaceChildren();
   } catch (err) {
     status.textContent = "";
+    report(err);
+  }
+}
+
+// A unit's top patches: its receptive-field crops where it fires most among the bundled photos and their crops.
+async function showUnit(layer, unit) {
+  const box = $("#unit-patches");
+  box.replaceChildren(el("p", { class: "muted", text: `finding the top patches of channel ${unit}…` }));
+  try {
+    const form = new FormData();
+    form.append("model", state.model);
+    form.append("layer", layer);
+    form.append("unit", String(unit));
+    const answer = await api("/api/unit", { form, what: `top patches of ${layer} channel ${unit}` });
+    if ($("#layer-select").value !== layer) return;
+    const figures = answer.patches.map((p) => el("figure", {},
+      el("img", { src: p.png, alt: `${p.image}: activation ${p.value}`, class: "patch" }),
+      el("figcaption", { text: `${p.image} · ${Number(p.value).toFixed(2)}` })));
+    box.replaceChildren(
+      el("p", { class: "muted", text: `Channel ${unit} of ${layer}: where it fires most among ${answer.source}` }),
+      el("div", { class: "patch-row" }, ...figures));
+  } catch (err) {
+    box.replaceChildren();
     report(err);
   }
 }
