@@ -470,7 +470,8 @@ def create_app(models: Sequence[str] | None = None, *, max_upload_mb: float = DE
         yield
         service.workers.close()  # the jobs already queued finish first
 
-    app = FastAPI(title="seewhy serve", version=__version__, docs_url="/api/docs", redoc_url=None,
+    # no Swagger/ReDoc pages: FastAPI loads them from a CDN, and the explorer works offline; the schema is JSON
+    app = FastAPI(title="seewhy serve", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=service.max_bytes)
@@ -504,7 +505,7 @@ def create_app(models: Sequence[str] | None = None, *, max_upload_mb: float = DE
     def page() -> HTMLResponse:
         if not TEMPLATE.is_file():
             return HTMLResponse("<!doctype html><title>seewhy serve</title><h1>seewhy serve</h1>"
-                                "<p>The page is not installed; the API is at <a href='/api/docs'>/api/docs</a>.</p>")
+                                "<p>The page is not installed; the API's schema is at <a href='/api/openapi.json'>/api/openapi.json</a>.</p>")
         return HTMLResponse(_render(TEMPLATE, models=[service.model_info(m) for m in service.models],
                                     images=list(images.BUNDLED), max_upload_mb=service.max_upload_mb,
                                     version=__version__))

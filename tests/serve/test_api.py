@@ -224,3 +224,14 @@ def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> Non
         seewhy.serve.require()
     with pytest.raises(ImportError, match="fastapi"):
         seewhy.serve.create_app  # noqa: B018
+
+
+def test_the_page_works_offline(client: TestClient) -> None:
+    """No CDN: the page, its script and its styles name no external address, and there is no Swagger page (FastAPI
+    loads it from a CDN); the schema is served as JSON."""
+    for path in ("/", "/static/app.js", "/static/app.css"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert "http://" not in r.text and "https://" not in r.text and "//cdn" not in r.text, path
+    assert client.get("/api/docs").status_code == 404
+    assert client.get("/api/openapi.json").json()["info"]["title"] == "seewhy serve"
