@@ -505,7 +505,8 @@ def create_app(models: Sequence[str] | None = None, *, max_upload_mb: float = DE
     def page() -> HTMLResponse:
         if not TEMPLATE.is_file():
             return HTMLResponse("<!doctype html><title>seewhy serve</title><h1>seewhy serve</h1>"
-                                "<p>The page is not installed; the API's schema is at <a href='/api/openapi.json'>/api/openapi.json</a>.</p>")
+                                "<p>The page is not installed; the API's schema is at "
+                                "<a href='/api/openapi.json'>/api/openapi.json</a>.</p>")
         return HTMLResponse(_render(TEMPLATE, models=[service.model_info(m) for m in service.models],
                                     images=list(images.BUNDLED), max_upload_mb=service.max_upload_mb,
                                     version=__version__))
