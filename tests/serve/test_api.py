@@ -150,14 +150,14 @@ def test_unit_top_patches_match_inside_top_patches(client: TestClient) -> None:
     """/api/unit: a unit's top patches among the bundled photos and their quarter crops, the same records as
     seewhy.inside.top_patches over the same images."""
     from seewhy.inside import top_patches
-    from seewhy.serve.app import _patch_pool
+    from seewhy.serve.work import patch_pool
 
     layer, unit = "features.2", 5
     r = client.post("/api/unit", data={"model": "tiny_cnn", "layer": layer, "unit": str(unit), "k": "4"})
     assert r.status_code == 200, r.text
     a = r.json()
     assert a["layer"] == layer and a["unit"] == unit and len(a["patches"]) == 4
-    x, names = _patch_pool(zoo.get_spec("tiny_cnn"))
+    x, names = patch_pool(zoo.get_spec("tiny_cnn"))
     expected = top_patches(zoo.load("tiny_cnn"), x, layer, k=4).records(unit)
     assert [p["image"] for p in a["patches"]] == [names[rec.index] for rec in expected]
     assert [p["value"] for p in a["patches"]] == pytest.approx([rec.value for rec in expected])
@@ -182,7 +182,7 @@ def test_page_static_and_clean_500(client: TestClient, monkeypatch: pytest.Monke
 
         return job
 
-    monkeypatch.setattr(serve_app, "_predict_job", broken)
+    monkeypatch.setattr(serve_app, "predict_job", broken)
     r = client.post("/api/predict", files={"image": ("x.png", _png())})
     assert r.status_code == 500
     assert r.json()["detail"].startswith("internal error") and "secret" not in r.text and "Traceback" not in r.text
