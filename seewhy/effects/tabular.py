@@ -5,6 +5,7 @@ prediction function on numpy arrays, pandas DataFrames or torch tensors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 from collections.abc import Callable, Sequence
@@ -154,7 +155,7 @@ class _Predictor:
         total = len(sample)
         module = self.predict if isinstance(self.predict, nn.Module) else None
         with _progress(total, self.desc, "row") as bar, _module_context(module), \
-                (torch.inference_mode() if isinstance(self.X, Tensor) else _nullcontext()):
+                (torch.inference_mode() if isinstance(self.X, Tensor) else contextlib.nullcontext()):
             for start in range(0, total, self.batch_size):
                 stop = min(start + self.batch_size, total)
                 batch = _build_rows(self.X, sample[start:stop], columns, values[start:stop])
@@ -164,16 +165,8 @@ class _Predictor:
         return np.concatenate(out, axis=0)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _module_context(module: nn.Module | None) -> Any:
-    return model_state(module) if module is not None else _nullcontext()
+    return model_state(module) if module is not None else contextlib.nullcontext()
 
 
 # -- partial dependence ----------------------------------------------------------------------------------
