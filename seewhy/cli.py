@@ -28,6 +28,8 @@
     seewhy attack IMAGE... --model NAME|SPEC [--eps 2/255] [--attack pgd|fgsm] [--norm linf|l2] [--target K|NAME]
                   [--method saliency,gradcam] [--curve 0,1/255,2/255] --out DIR
     seewhy serve [--model M ...] [--host 127.0.0.1] [--port 8765] [--workers 1] [--max-upload-mb 20]
+    seewhy explain-dataset DATA --model NAME|SPEC [--method gradcam,...] [--metric deletion_auc,...] --out STORE
+                   [--resume | --overwrite] [--engine local] [--batch-size N] [--workers N]
     seewhy methods [-v]                                    # registered methods (-v: parameters, cost)
     seewhy metrics [-v]                                    # registered metrics (cost, what they need)
     seewhy models                                          # zoo models
@@ -70,6 +72,7 @@ from .command import (  # noqa: F401  (the exit codes and UsageError are part of
     run,
 )
 from .core import METHODS
+from .dataset.cli import add_parser as add_dataset_parser
 from .effects.cli import add_parser as add_effects_parser
 from .featvis.cli import add_parser as add_featvis_parser
 from .hooks import model_state
@@ -117,7 +120,7 @@ _FORMAT = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpForma
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands explain, demo, evaluate, methods, metrics, models, protopnet, inside, featvis,
     atlas, prototypes, effects,
-    attack, serve)."""
+    attack, serve, explain-dataset)."""
     parser = argparse.ArgumentParser(prog="seewhy", description="See why a computer-vision model made a decision.",
                                      **_FORMAT)
     parser.add_argument("--version", action="version", version=f"seewhy {__version__}")
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_effects_parser(sub, common)
     add_attack_parser(sub, common)
     add_serve_parser(sub, common)
+    add_dataset_parser(sub, common)
     return parser
 
 
