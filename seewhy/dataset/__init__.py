@@ -1,7 +1,8 @@
 """Explain and evaluate a whole dataset into a resumable Parquet store (issue 20): ``seewhy explain-dataset``.
 
 :func:`explain_dataset` checks the request, opens the store (:mod:`.store`: layout, resume), says the cost up front
-and runs an engine: ``"local"`` (:mod:`.local`, streaming on one machine). Every engine computes its rows with
+and runs an engine: ``"local"`` (:mod:`.local`, streaming on one machine) or ``"ray"`` (:mod:`.ray_engine`, an actor
+pool on a laptop or a cluster, ``pip install "seewhy[ray]"``). Every engine computes its rows with
 :func:`.work.batch_rows`, whose rows depend only on the image (its seed comes from its path relative to the data), so
 engines, batch sizes and interruptions give the same rows. The store needs pyarrow (``pip install
 "seewhy[dataset]"``); importing this package does not.
@@ -26,7 +27,7 @@ log = logging.getLogger("seewhy")
 __all__ = ["ENGINES", "RESULTS", "Plan", "RunSummary", "Store", "batch_rows", "explain_dataset", "image_seed",
            "read_results", "resolve_data"]
 
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 
 
 def explain_dataset(
@@ -42,6 +43,8 @@ def explain_dataset(
     labels: Sequence[int] | str | os.PathLike | None = None,
     seed: int = 0,
     engine: str = "local",
+    address: str | None = None,
+    ray_options: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     workers: int = 0,
     chunk_size: int = 256,
@@ -50,6 +53,7 @@ def explain_dataset(
     estimate: bool = True,
     progress: bool | None = None,
     run_info: Mapping[str, Any] | None = None,
+    html_summary: bool = True,
 ) -> RunSummary:
     """Explain every image of ``data`` with each method, score each explanation with each metric, and write one row
     per image x method x class rank to the store ``out`` (see :mod:`seewhy.dataset.store`).
@@ -64,16 +68,22 @@ def explain_dataset(
         target: ``"top1"``, ``"topK"`` (K rows per image and method), a class index or a class name.
         labels: one true class per image, or a file of them (JSON ``{image: class}`` or CSV ``image,label``, a
             class by index or name; see :func:`seewhy.annotations.load_labels`); default: the class sub-folders.
-        engine: ``"local"``; batch_size: images per model call; workers: DataLoader processes decoding images;
+        engine: ``"local"`` or ``"ray"``; address: the Ray cluster (``"auto"``, ``"HOST:PORT"``; None: a local Ray);
+            ray_options: ``num_cpus`` / ``num_gpus`` per actor and the number of ``actors`` (see
+            :mod:`seewhy.dataset.ray_engine`; the spec string of ``run_info["model"]``, if any, builds the actors'
+            models, which get ``model``'s state dict); batch_size: images per model call; workers: DataLoader
+            processes decoding images (local engine);
             chunk_size: images per part file (the unit of resume).
         resume: continue the run in a non-empty store (the same settings); overwrite: start it again.
         estimate: log the cost per image before any work (when the ``seewhy`` logger shows INFO).
         run_info: more settings to record in ``run.json`` (the CLI records the model spec).
+        html_summary: write ``STORE/summary.html`` at the end (:func:`seewhy.dataset.summary.write_summary`); a
+            failure to write it is a warning, never an error: the results stay in the store.
 
     Raises:
         ValueError: an unknown method, metric, parameter or engine; a metric that needs masks; resume on another run.
         FileExistsError: a non-empty store without ``resume`` or ``overwrite``.
-        ImportError: pyarrow is missing.
+        ImportError: pyarrow is missing, or Ray for ``engine="ray"``.
     """
     from ..core import get_method
     from ..evaluate import check_metric_params, metric_costs
@@ -99,6 +109,10 @@ def explain_dataset(
             raise ValueError(f"metric {m} needs object masks, which explain-dataset does not take yet; leave it out")
         check_metric_params(m, m_params[m])
     store = Store(out, metrics)  # ImportError without pyarrow, before any work
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()  # ImportError naming the extra, before any work
     if isinstance(labels, (str, os.PathLike)):
         from ..annotations import load_labels
 
@@ -123,9 +137,31 @@ def explain_dataset(
         k = parse_topk(target) if isinstance(target, str) else None
         log_run(model, first, methods, params, len(imagedata), classes=k or 1, metrics=metrics,
                 metric_costs=metric_costs(model, first, metrics, m_params))
-    summary = run_local(model, imagedata, plan, store, root=root, batch_size=batch_size, workers=workers,
-                        chunk_size=chunk_size, show_progress=progress)
+    if engine == "ray":
+        from .ray_engine import run_ray
+
+        summary = run_ray(model, imagedata, plan, store, root=root, batch_size=batch_size, chunk_size=chunk_size,
+                          address=address, model_spec=(run_info or {}).get("model"), ray_options=ray_options,
+                          show_progress=progress)
+    else:
+        summary = run_local(model, imagedata, plan, store, root=root, batch_size=batch_size, workers=workers,
+                            chunk_size=chunk_size, show_progress=progress)
     log.info("%d image(s) in %s (%.3g images/s); %d already in the store; %d with errors; store: %s",
              summary.done, f"{summary.seconds:.1f} s", summary.done / max(summary.seconds, 1e-9), summary.skipped,
              summary.errors, store.results)
+    if html_summary:
+        _write_summary(out, model)
     return summary
+
+
+def _write_summary(out: str | os.PathLike, model: nn.Module) -> None:
+    """``STORE/summary.html``; a failure is logged as a warning (the results are safe in the store)."""
+    try:
+        from .summary import write_summary
+
+        path = write_summary(out, model=model)
+        log.info("summary: %s", path)
+    except Exception as err:
+        log.debug("the summary failed", exc_info=True)
+        log.warning("the summary could not be written (%s: %s); the results are in %s; rebuild it with "
+                    "seewhy explain-dataset --summary-only --out %s", type(err).__name__, err, out, out)

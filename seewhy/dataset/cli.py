@@ -3,14 +3,21 @@
 ::
 
     seewhy explain-dataset DATA --model M [--method gradcam,integrated_gradients] [--metric deletion_auc,insertion_auc]
-                           [--labels FILE] --out STORE [--engine local] [--resume | --overwrite] [--batch-size N]
-                           [--workers N] [--chunk-size N] [--target top1|topK|N|NAME] [--layer L] [--set M.P=V]
+                           [--labels FILE] --out STORE [--engine local|ray] [--address auto|HOST:PORT]
+                           [--resume | --overwrite] [--batch-size N] [--workers N] [--chunk-size N]
+                           [--target top1|topK|N|NAME] [--layer L] [--set M.P=V]
                            [--seed N] [--weights FILE] [--device D]
 
 DATA: a folder (flat, or one sub-folder per class, which gives labels), a text file of image paths or a glob. The
 store's layout: :mod:`seewhy.dataset.store`. stdout gets only the path of ``STORE/results.parquet``. Exit codes: 0
 ok, 2 usage error (including a non-empty store without --resume/--overwrite), 3 the store has error rows (bad
 images, failed methods or metrics), 130 interrupted (the finished parts stay: continue with --resume).
+
+``--engine ray`` runs the work on a Ray actor pool (``pip install "seewhy[ray]"``): a local Ray, or the cluster at
+``--address`` (``auto`` or ``HOST:PORT``); one GPU per actor with ``--device cuda``.
+
+``STORE/summary.html`` (:mod:`seewhy.dataset.summary`) is written at the end unless ``--no-summary``;
+``seewhy explain-dataset --summary-only --out STORE [--model M]`` rewrites it from the store alone.
 
 This module imports without pyarrow; running the command without it is a usage error naming the extra to install.
 """
@@ -56,9 +63,10 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
                     "write one row per image x method x class to STORE/results.parquet (a folder of Parquet parts "
                     "written as work completes). A bad image becomes an error row; --resume continues an "
                     "interrupted run.", **_FORMAT)
-    p.add_argument("data", metavar="DATA", help="a folder of images (flat or one sub-folder per class), a text file "
-                                                "of image paths (one per line) or a glob such as 'imgs/**/*.jpg'")
-    p.add_argument("--model", required=True, metavar="NAME|SPEC",
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="a folder of images (flat or one sub-folder per class), a text file of image paths (one per "
+                        "line) or a glob such as 'imgs/**/*.jpg'")
+    p.add_argument("--model", metavar="NAME|SPEC",
                    help=f"a zoo model ({', '.join(zoo.MODELS)}), path/file.py:factory, package.module:factory or a "
                         "TorchScript file")
     p.add_argument("--weights", metavar="FILE", help="a state-dict file to load into the model")
@@ -80,13 +88,22 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
     again.add_argument("--resume", action="store_true",
                        help="continue the run in a non-empty store: the images it holds are skipped")
     again.add_argument("--overwrite", action="store_true", help="start again in a non-empty store (its rows go)")
-    p.add_argument("--engine", choices=["local"], default="local", help="where the work runs (default: local)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help='where the work runs: local (default) or ray (pip install "seewhy[ray]")')
+    p.add_argument("--address", metavar="auto|HOST:PORT",
+                   help="--engine ray: the Ray cluster to join (default: start a local Ray for the run)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images per model call (16)")
     p.add_argument("--workers", type=_count, default=1, metavar="N",
                    help="processes decoding images in parallel with the model (default 1; 0: in the main process)")
     p.add_argument("--chunk-size", type=positive_int, default=256, metavar="N",
                    help="images per Parquet part, the unit of resume (default 256)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--no-summary", action="store_true",
+                   help="do not write STORE/summary.html (metric tables, worst and surprising cases with their maps, "
+                        "confusion matrix) at the end")
+    p.add_argument("--summary-only", action="store_true",
+                   help="only (re)write STORE/summary.html from the store's results: no DATA needed; the model comes "
+                        "from the store's run.json unless --model is given")
     p.set_defaults(func=run)
     return p
 
@@ -102,6 +119,16 @@ def run(args: argparse.Namespace) -> int:
     from .store import Store, require_pyarrow
 
     require_pyarrow()  # ImportError naming the extra: exit code 2, before any work
+    if args.summary_only:
+        return _summary_only(args)
+    if args.data is None or args.model is None:
+        raise ValueError("give DATA and --model (or --summary-only --out STORE to rewrite the store's summary.html)")
+    if args.engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+    elif args.address:
+        raise ValueError("--address is for --engine ray")
     metric_sets = [item for item in args.sets if setting(item)[0] in METRICS]
     method_sets = [item for item in args.sets if item not in metric_sets]
     methods, params = plan_methods(args.method or [",".join(DEFAULT_METHODS)], method_sets, args.seed)
@@ -123,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         explain_dataset(
             args.data, model, methods, metrics, out=out, target=target, method_params=params,
             metric_params=metric_params, labels=args.labels, seed=args.seed, engine=args.engine,
-            batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size, resume=args.resume,
-            overwrite=args.overwrite, run_info={"model": args.model, "weights": args.weights},
+            address=args.address, batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size,
+            resume=args.resume, overwrite=args.overwrite, run_info={"model": args.model, "weights": args.weights},
+            html_summary=not args.no_summary,
         )
     except KeyboardInterrupt:
         log.error("interrupted: the finished parts stay in %s; run the same command with --resume to continue", out)
@@ -148,3 +176,17 @@ def _error_images(store: Any) -> int:
         t = pq.read_table(part, columns=["path", "error"])
         paths.update(t.filter(pc.is_valid(t.column("error"))).column("path").to_pylist())
     return len(paths)
+
+
+def _summary_only(args: argparse.Namespace) -> int:
+    """``--summary-only``: rewrite ``STORE/summary.html``; stdout gets its path."""
+    from .. import zoo
+    from ..argtypes import device as parse_device
+    from .summary import write_summary
+
+    model = None
+    if args.model is not None:
+        model = zoo.load_model(args.model, args.weights)[0].to(parse_device(args.device))
+    path = write_summary(args.out, model=model)
+    sys.stdout.write(f"{path}\n")
+    return command.EXIT_OK
