@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from .local import RunSummary, resolve_data, run_local
-from .store import RESULTS, Store, read_results
-from .work import Plan, batch_rows, image_seed
+from .store import RESULTS, Store, read_attributions, read_results
+from .work import Annotations, Plan, batch_rows, image_seed
 
 log = logging.getLogger("seewhy")
 
 __all__ = ["ENGINES", "RESULTS", "Plan", "RunSummary", "Store", "batch_rows", "explain_dataset", "image_seed",
-           "read_results", "resolve_data"]
+           "read_attributions", "read_results", "resolve_data"]
 
 ENGINES = ("local", "ray")
 
@@ -54,6 +54,10 @@ def explain_dataset(
     progress: bool | None = None,
     run_info: Mapping[str, Any] | None = None,
     html_summary: bool = True,
+    save_attributions: bool = False,
+    attributions_dtype: str = "float16",
+    masks: str | os.PathLike | None = None,
+    boxes: str | os.PathLike | None = None,
 ) -> RunSummary:
     """Explain every image of ``data`` with each method, score each explanation with each metric, and write one row
     per image x method x class rank to the store ``out`` (see :mod:`seewhy.dataset.store`).
@@ -79,9 +83,19 @@ def explain_dataset(
         run_info: more settings to record in ``run.json`` (the CLI records the model spec).
         html_summary: write ``STORE/summary.html`` at the end (:func:`seewhy.dataset.summary.write_summary`); a
             failure to write it is a warning, never an error: the results stay in the store.
+        save_attributions: also write every result row's raw signed map to ``STORE/attributions/`` (one npz per
+            part, see :mod:`seewhy.dataset.store`; read one with :func:`read_attributions`) as
+            ``attributions_dtype`` (``"float16"`` or ``"float32"``).
+        masks, boxes: object masks for the metrics that need one (localization: pointing game, relevance mass, ...):
+            a folder of mask files (one per image, named by the image's path relative to the data or its file name,
+            with the image's suffix or ``.png``; see :func:`seewhy.metrics.localization.load_masks`), or a box file
+            (JSON or CSV, see :func:`seewhy.metrics.localization.load_boxes`; keyed by the image's relative path,
+            path or file name). An image without an annotation gets null for those metrics (an unreadable mask file
+            also says why in ``error``).
 
     Raises:
-        ValueError: an unknown method, metric, parameter or engine; a metric that needs masks; resume on another run.
+        ValueError: an unknown method, metric, parameter or engine; a metric that needs masks without masks or
+            boxes; resume on another run.
         FileExistsError: a non-empty store without ``resume`` or ``overwrite``.
         ImportError: pyarrow is missing, or Ray for ``engine="ray"``.
     """
@@ -103,11 +117,19 @@ def explain_dataset(
     for m in methods:
         get_method(m, **params[m])  # unknown method or parameter: fail before any work
     m_params = {m: dict((metric_params or {}).get(m, {})) for m in metrics}
+    if masks is not None and boxes is not None:
+        raise ValueError("give masks or boxes, not both")
     for m in metrics:
         spec = get_metric(m)
-        if "mask" in spec.needs:
-            raise ValueError(f"metric {m} needs object masks, which explain-dataset does not take yet; leave it out")
+        if "mask" in spec.needs and masks is None and boxes is None:
+            raise ValueError(f"metric {m} needs object masks: give masks= (a folder of mask files) or boxes= (a box "
+                             "file), --masks / --boxes on the command line; or leave it out")
         check_metric_params(m, m_params[m])
+    annotations = None
+    if any("mask" in get_metric(m).needs for m in metrics):
+        annotations = _annotations(model, masks, boxes)
+    if attributions_dtype not in ("float16", "float32"):
+        raise ValueError(f"attributions_dtype must be float16 or float32, got {attributions_dtype!r}")
     store = Store(out, metrics)  # ImportError without pyarrow, before any work
     if engine == "ray":
         from .ray_engine import require_ray
@@ -125,9 +147,14 @@ def explain_dataset(
            "methods": methods, "method_params": params, "metrics": metrics, "metric_params": m_params,
            "target": target if isinstance(target, (str, int)) else repr(target), "seed": seed, "engine": engine,
            "batch_size": batch_size, "workers": workers, "chunk_size": chunk_size, "store_version": 1,
+           **({"attributions": attributions_dtype} if save_attributions else {}),
+           **({"masks": os.path.abspath(os.fspath(masks))} if masks is not None else {}),
+           **({"boxes": os.path.abspath(os.fspath(boxes))} if boxes is not None else {}),
            **dict(run_info or {})}
     store.open(run, resume=resume, overwrite=overwrite)
-    plan = Plan(methods, params, metrics, m_params, target, seed)
+    store.save_attributions = save_attributions
+    plan = Plan(methods, params, metrics, m_params, target, seed,
+                attributions_dtype=attributions_dtype if save_attributions else None, annotations=annotations)
     if estimate and log.isEnabledFor(logging.INFO):
         from ..estimate import log_run
         from ..targets import parse_topk
@@ -152,6 +179,22 @@ def explain_dataset(
     if html_summary:
         _write_summary(out, model)
     return summary
+
+
+def _annotations(model: nn.Module, masks: str | os.PathLike | None, boxes: str | os.PathLike | None) -> Annotations:
+    """The object masks of a run; ``resize``: as :func:`seewhy.data.as_data` preprocesses files for ``model``."""
+    from ..zoo import spec_of
+
+    spec = spec_of(model)
+    resize = spec.resize if spec is not None else 256
+    if masks is not None:
+        if not os.path.isdir(masks):
+            raise ValueError(f"masks: {os.fspath(masks)!r} is not a folder of mask files")
+        return Annotations(masks=os.path.abspath(os.fspath(masks)), resize=resize)
+    from ..metrics.localization import load_boxes
+
+    assert boxes is not None
+    return Annotations(boxes=load_boxes(boxes), resize=resize)
 
 
 def _write_summary(out: str | os.PathLike, model: nn.Module) -> None:

@@ -3,8 +3,10 @@
 ::
 
     seewhy explain-dataset DATA --model M [--method gradcam,integrated_gradients] [--metric deletion_auc,insertion_auc]
-                           [--labels FILE] --out STORE [--engine local|ray] [--address auto|HOST:PORT]
+                           [--labels FILE] [--masks DIR | --boxes FILE] --out STORE
+                           [--engine local|ray] [--address auto|HOST:PORT]
                            [--resume | --overwrite] [--batch-size N] [--workers N] [--chunk-size N]
+                           [--save-attributions [--attributions-dtype float16|float32]]
                            [--target top1|topK|N|NAME] [--layer L] [--set M.P=V]
                            [--seed N] [--weights FILE] [--device D]
 
@@ -12,6 +14,10 @@ DATA: a folder (flat, or one sub-folder per class, which gives labels), a text f
 store's layout: :mod:`seewhy.dataset.store`. stdout gets only the path of ``STORE/results.parquet``. Exit codes: 0
 ok, 2 usage error (including a non-empty store without --resume/--overwrite), 3 the store has error rows (bad
 images, failed methods or metrics), 130 interrupted (the finished parts stay: continue with --resume).
+
+``--save-attributions`` also writes every raw signed map next to its part (``STORE/attributions/part-N.npz``,
+float16 unless ``--attributions-dtype float32``); ``--masks DIR`` / ``--boxes FILE`` give the localization metrics
+(pointing_game, ...) their object masks; an image without one gets null for them.
 
 ``--engine ray`` runs the work on a Ray actor pool (``pip install "seewhy[ray]"``): a local Ray, or the cluster at
 ``--address`` (``auto`` or ``HOST:PORT``); one GPU per actor with ``--device cuda``.
@@ -76,6 +82,14 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
                    help=f"evaluation metrics (default: {','.join(DEFAULT_METRICS)}); 'none' for no metric")
     p.add_argument("--labels", metavar="FILE", help="true classes: JSON {image: class} or CSV image,label "
                                                      "(default: the class sub-folders of DATA, if any)")
+    annotated = p.add_mutually_exclusive_group()
+    annotated.add_argument("--masks", metavar="DIR",
+                           help="object masks for the localization metrics (pointing_game, ...): a folder with one "
+                                "mask file per image, named like the image (relative path or file name; .png or the "
+                                "image's suffix); images without one get null for those metrics")
+    annotated.add_argument("--boxes", metavar="FILE",
+                           help="object boxes for the localization metrics: JSON or CSV (image,x0,y0,x1,y1), keyed "
+                                "by the image's relative path, path or file name; images without get null")
     p.add_argument("--target", default="top1", metavar="top1|topK|N|NAME",
                    help="what to explain: the predicted class (top1, default), the K best (topK: K rows), a class")
     p.add_argument("--layer", metavar="NAME", help="layer for the CAM methods (default: the model's)")
@@ -97,6 +111,11 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser | None = None) -
                    help="processes decoding images in parallel with the model (default 1; 0: in the main process)")
     p.add_argument("--chunk-size", type=positive_int, default=256, metavar="N",
                    help="images per Parquet part, the unit of resume (default 256)")
+    p.add_argument("--save-attributions", action="store_true",
+                   help="also save every raw signed map to STORE/attributions/part-N.npz (next to each part; read "
+                        "one with seewhy.dataset.read_attributions); off by default")
+    p.add_argument("--attributions-dtype", choices=["float16", "float32"], default="float16",
+                   help="the dtype of the saved maps (default float16)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
     p.add_argument("--no-summary", action="store_true",
                    help="do not write STORE/summary.html (metric tables, worst and surprising cases with their maps, "
@@ -134,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     methods, params = plan_methods(args.method or [",".join(DEFAULT_METHODS)], method_sets, args.seed)
     no_metrics = args.metric is not None and [v.strip().lower() for v in args.metric] == ["none"]
     metrics, metric_params = ([], {}) if no_metrics else plan_metrics(args.metric, metric_sets, DEFAULT_METRICS,
-                                                                       have_masks=False)
+                                                                       have_masks=bool(args.masks or args.boxes))
     out = Path(args.out)
     if out.exists() and not args.resume and not args.overwrite and not Store(out, []).is_empty():
         raise FileExistsError(f"store {str(out)!r} is not empty; pass --resume to continue the run in it, "
@@ -152,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
             metric_params=metric_params, labels=args.labels, seed=args.seed, engine=args.engine,
             address=args.address, batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size,
             resume=args.resume, overwrite=args.overwrite, run_info={"model": args.model, "weights": args.weights},
-            html_summary=not args.no_summary,
+            html_summary=not args.no_summary, save_attributions=args.save_attributions,
+            attributions_dtype=args.attributions_dtype, masks=args.masks, boxes=args.boxes,
         )
     except KeyboardInterrupt:
         log.error("interrupted: the finished parts stay in %s; run the same command with --resume to continue", out)

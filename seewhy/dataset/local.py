@@ -4,8 +4,9 @@
 :class:`~seewhy.data.ImageData` and the root its paths are keyed from. :func:`run_local` walks the images the store
 does not hold yet with a ``torch.utils.data.DataLoader`` whose ``workers`` decode images in parallel with the model,
 computes their rows (:func:`seewhy.dataset.work.batch_rows`) and writes one part per ``chunk_size`` images: memory
-holds one chunk of rows and the batches in flight, never all images or maps. Progress says images/s and the time
-left; the cost per image is logged up front.
+holds one chunk of rows and the batches in flight, never all images or maps (with ``save_attributions``, the maps of
+one chunk until its part is written). Progress says images/s and the time left; the cost per image is logged up
+front.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from ..data import IMAGE_SUFFIXES, ImageData, as_data
 from ..progress import format_seconds, progress
 from .store import Store
-from .work import Item, Plan, batch_rows
+from .work import Annotations, Item, Plan, batch_rows
 
 log = logging.getLogger("seewhy")
 
@@ -89,8 +90,9 @@ class _Pending(torch.utils.data.Dataset):
     """The images still to do, as :class:`~seewhy.dataset.work.Item` (an unreadable file gives an item with its
     error, never an exception): read in the DataLoader's workers."""
 
-    def __init__(self, data: ImageData, indices: Sequence[int], root: str) -> None:
-        self.data, self.indices, self.root = data, list(indices), root
+    def __init__(self, data: ImageData, indices: Sequence[int], root: str, annotations: Annotations | None = None
+                 ) -> None:
+        self.data, self.indices, self.root, self.annotations = data, list(indices), root, annotations
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -107,7 +109,13 @@ class _Pending(torch.utils.data.Dataset):
         if not read:
             reason = self.data.skipped[-1][1] if self.data.skipped else "could not be read"
             return Item(path, key, label, error=reason)
-        return Item(path, key, label, x=x[0])
+        if self.annotations is None:
+            return Item(path, key, label, x=x[0])
+        try:
+            mask = self.annotations.mask(path, key, tuple(x.shape[-2:]))
+        except Exception as err:  # an unreadable mask: null mask metrics for this image, saying why
+            return Item(path, key, label, x=x[0], mask_error=f"mask: {type(err).__name__}: {err}")
+        return Item(path, key, label, x=x[0], mask=mask)
 
 
 def _worker_init(_: int) -> None:
@@ -134,8 +142,8 @@ def run_local(model: nn.Module, data: ImageData, plan: Plan, store: Store, *, ro
     skipped = len(data) - len(pending)
     if skipped:
         log.info("resuming: %d of %d image(s) are in the store already; %d to do", skipped, len(data), len(pending))
-    loader = torch.utils.data.DataLoader(_Pending(data, pending, root), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=list,
+    loader = torch.utils.data.DataLoader(_Pending(data, pending, root, plan.annotations), batch_size=batch_size,
+                                         shuffle=False, num_workers=workers, collate_fn=list,
                                          worker_init_fn=_worker_init if workers else None)
     per_chunk = max(1, -(-chunk_size // batch_size)) * batch_size
     parts: list[Path] = []

@@ -9,9 +9,13 @@ the rows equal the local engine's whatever actor computes them.
 
 The driver collects the rows as they complete (``iter_batches``) and writes one part per ``chunk_size`` images with
 the same :class:`~seewhy.dataset.store.Store`, cutting only between images: an image is either wholly in the store or
-not at all, and an interrupted run continues with ``resume``. It runs on a laptop (``address=None``: a local Ray
-started for the run and stopped after it, unless Ray is already running) or on a cluster (``address="auto"`` or
-``"HOST:PORT"``; the workers need seewhy installed and the image paths readable).
+not at all, and an interrupted run continues with ``resume``. With ``save_attributions`` the maps travel with the
+rows (a column of ``.npy`` bytes that is no store column) and the driver writes them next to the parts, as the local
+engine does; the object masks of ``--masks`` / ``--boxes`` are read by the actors, as the local engine reads them.
+
+It runs on a laptop (``address=None``: a local Ray started for the run and stopped after it, unless Ray is already
+running) or on a cluster (``address="auto"`` or ``"HOST:PORT"``; the workers need seewhy installed and the image
+paths, and any mask files, readable).
 
 Actors: ``num_cpus`` each (default 1; torch uses that many threads), ``num_gpus`` each (default 1 when the model is
 on a CUDA device, else 0), ``actors`` of them (default: as many as the cluster's CPUs, or GPUs, allow).
@@ -33,7 +37,7 @@ from ..data import ImageData
 from ..progress import format_seconds, progress
 from .local import RunSummary
 from .store import Store, schema
-from .work import Plan
+from .work import MAP_KEY, Plan
 
 log = logging.getLogger("seewhy")
 
@@ -81,9 +85,37 @@ class _Worker:
         paths = batch.column("path").to_pylist()
         labels = batch.column("label").to_pylist()
         data = as_data(paths, self.model, labels=None if any(v is None for v in labels) else labels)
-        pending = _Pending(data, range(len(paths)), self.root)  # the local engine's reading: same items, same errors
+        # the local engine's reading: same items, same errors, same masks
+        pending = _Pending(data, range(len(paths)), self.root, self.plan.annotations)
         rows = batch_rows(self.model, [pending[k] for k in range(len(paths))], self.plan)
-        return pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in self.schema.names}, schema=self.schema)
+        table = pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in self.schema.names}, schema=self.schema)
+        if self.plan.attributions_dtype is not None:  # the maps ride along as .npy bytes (not a store column)
+            table = table.append_column(pa.field(MAP_KEY, pa.binary()),
+                                        pa.array([_pack(r.get(MAP_KEY)) for r in rows], pa.binary()))
+        return table
+
+
+def _pack(a: Any) -> bytes | None:
+    """A map as ``.npy`` bytes (None for none)."""
+    if a is None:
+        return None
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _unpack(b: bytes | None) -> Any:
+    if b is None:
+        return None
+    import io
+
+    import numpy as np
+
+    return np.load(io.BytesIO(b), allow_pickle=False)
 
 
 def _build(spec: str) -> nn.Module:
@@ -201,6 +233,8 @@ def _run(ray: Any, model: nn.Module, paths: list[str], labels: list[int | None],
                         bar.update(1)
                     if r.get("error") and last != last_bad:
                         errors, last_bad = errors + 1, last
+                    if MAP_KEY in r:
+                        r[MAP_KEY] = _unpack(r[MAP_KEY])
                     rows.append(r)
             if rows:
                 parts.append(_flush(store, rows, bar, done, len(paths)))

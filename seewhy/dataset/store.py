@@ -18,6 +18,19 @@ row of its images (all methods, all ranks), so an image is either wholly in the 
 the paths found in the parts (:meth:`Store.done_paths`) and nothing is duplicated or lost. A bad image or a method
 that fails on a batch gives rows whose ``error`` says why (one per method), and never stops the job.
 
+With ``--save-attributions`` (off by default) each part has its maps next to it, written just before it::
+
+    STORE/attributions/part-00000.npz      np.savez of the raw signed maps of part-00000's result rows, atomic
+    STORE/summary.html                     the report (:mod:`seewhy.dataset.summary`), written at the end
+
+An attributions file holds the index arrays ``path`` (str), ``method`` (str) and ``rank`` (int64), one entry per
+result row of its part that has a map (error rows have none; a part of error rows only gets empty arrays), and
+``map_00000``, ``map_00001``, ... the map of entry k as the method returns it, raw and signed: (C,H,W) for pixel
+methods, (1,h,w) for CAM methods, float16 (default) or float32 (``--attributions-dtype``). :func:`read_attributions`
+reads one. The attributions file is written first, then its part; a crash between the two leaves an attributions
+file without its part, which readers ignore and the resumed run overwrites (its part gets the same name); a part
+without its attributions file does not happen (a resume must keep the setting: it is in run.json).
+
 Parts are named by a running number from the parts already there; an engine that writes from several processes
 (Ray) passes its own ``prefix`` so that names never clash.
 """
@@ -33,9 +46,12 @@ from typing import Any
 
 from ..fileio import atomic_write, jsonable
 
-__all__ = ["BASE_COLUMNS", "RESULTS", "Store", "read_results", "require_pyarrow", "schema"]
+__all__ = ["ATTRIBUTIONS", "BASE_COLUMNS", "RESULTS", "Store", "read_attributions", "read_results",
+           "require_pyarrow", "schema"]
 
 RESULTS = "results.parquet"
+ATTRIBUTIONS = "attributions"
+MAP_KEY = "_map"  # the key of a row's map (seewhy.dataset.work.MAP_KEY)
 RUN_FILE = "run.json"
 #: (name, arrow type name) of the columns before the metric columns
 BASE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -71,6 +87,8 @@ class Store:
         self.root = Path(root)
         self.metrics = list(metrics)
         self.schema = schema(self.metrics)
+        #: write an attributions file with every part, even one whose rows carry no map (all error rows)
+        self.save_attributions = False
         bad = [m for m in self.metrics if m in dict(BASE_COLUMNS)]
         if bad:
             raise ValueError(f"metric name(s) {', '.join(bad)} clash with the store's columns")
@@ -78,6 +96,14 @@ class Store:
     @property
     def results(self) -> Path:
         return self.root / RESULTS
+
+    @property
+    def attributions(self) -> Path:
+        return self.root / ATTRIBUTIONS
+
+    def attributions_of(self, part: Path) -> Path:
+        """The attributions file of ``part`` (which may not exist)."""
+        return self.attributions / (Path(part).name[: -len(".parquet")] + ".npz")
 
     def parts(self) -> list[Path]:
         """The finished part files, sorted by name (temporary files are not parts)."""
@@ -106,6 +132,9 @@ class Store:
             elif overwrite:
                 for p in self.parts():
                     p.unlink()
+                if self.attributions.is_dir():
+                    for p in self.attributions.glob("*.npz"):
+                        p.unlink()
                 (self.root / RUN_FILE).unlink(missing_ok=True)
             else:
                 raise FileExistsError(f"store {str(self.root)!r} is not empty; pass --resume to continue the run in "
@@ -154,6 +183,17 @@ class Store:
         names = self.schema.names
         table = pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in names}, schema=self.schema)
         path = self.next_part(prefix)
+        maps = [r for r in rows if r.get(MAP_KEY) is not None]
+        if maps or self.save_attributions:  # first the maps, then the part: a part never lacks its maps
+            import numpy as np
+
+            self.attributions.mkdir(parents=True, exist_ok=True)
+            arrays = {"path": np.array([r["path"] for r in maps], dtype=str),
+                      "method": np.array([r["method"] for r in maps], dtype=str),
+                      "rank": np.array([int(r.get("rank") or 0) for r in maps], dtype=np.int64)}
+            arrays.update({f"map_{k:05d}": np.asarray(r[MAP_KEY]) for k, r in enumerate(maps)})
+            with atomic_write(self.attributions_of(path)) as f:
+                np.savez(f, **arrays)
         with atomic_write(path) as f:
             pq.write_table(table, f)
         return path
@@ -174,3 +214,26 @@ def read_results(store: str | os.PathLike) -> Any:
         raise ValueError(f"{str(store)!r} holds no results ({RESULTS}/part-*.parquet)")
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     return table.sort_by([("path", "ascending"), ("method", "ascending"), ("rank", "ascending")])
+
+
+def read_attributions(store: str | os.PathLike, path: str | os.PathLike, method: str, rank: int = 0) -> Any:
+    """The saved map (a numpy array, (C,H,W) or (1,h,w), as the method returned it) of image ``path`` (absolute, or
+    relative to the current folder), ``method`` and class ``rank`` in a store written with ``--save-attributions``.
+
+    Raises:
+        KeyError: the store has no map for them (not saved, an error row, or another image).
+    """
+    import numpy as np
+
+    s = Store(store, [])
+    key = os.path.abspath(os.fspath(path))
+    for part in s.parts():
+        file = s.attributions_of(part)
+        if not file.is_file():
+            continue
+        with np.load(file) as z:
+            hit = np.flatnonzero((z["path"] == key) & (z["method"] == method) & (z["rank"] == int(rank)))
+            if hit.size:
+                return z[f"map_{int(hit[0]):05d}"]
+    raise KeyError(f"{str(store)!r} has no saved attributions for {key} x {method} x rank {rank} (run with "
+                   "--save-attributions?)")

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,13 +30,62 @@ from ..runner import explain_batches
 
 log = logging.getLogger("seewhy")
 
-__all__ = ["Item", "Plan", "batch_rows", "error_rows", "image_seed"]
+__all__ = ["MAP_KEY", "Annotations", "Item", "Plan", "batch_rows", "error_rows", "image_seed"]
+
+#: the key of a row's attribution map (not a store column: the store writes it to ``attributions/``)
+MAP_KEY = "_map"
 
 
 def image_seed(key: str, seed: int) -> int:
     """A stable seed in [0, 2**63) from the run ``seed`` and an image's ``key`` (its path relative to the data)."""
     h = hashlib.blake2b(key.replace("\\", "/").encode("utf-8"), digest_size=8, key=str(int(seed)).encode())
     return int.from_bytes(h.digest(), "little") >> 1
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Object masks of the images for the localization metrics: from a folder ``masks`` of mask files (one per
+    image, named by the image's path relative to the data, or by its file name, with the image's suffix or ``.png``)
+    or from ``boxes``, a table {image: [(x0, y0, x1, y1), ...]} (:func:`seewhy.metrics.localization.load_boxes`; keyed
+    by the image's relative path, absolute path or file name; pixels of the original image). ``resize``: the images'
+    preprocessing (see :func:`~seewhy.metrics.localization.load_masks`). An image without one gets no mask."""
+
+    masks: str | None = None
+    boxes: Mapping[str, Any] | None = None
+    resize: int | None = None
+
+    def mask_file(self, path: str, key: str) -> str | None:
+        """The mask file of an image (``path`` absolute, ``key`` relative to the data), or None."""
+        assert self.masks is not None
+        rel, name = Path(key), Path(path).name
+        for cand in (rel, rel.with_suffix(".png"), Path(name), Path(name).with_suffix(".png")):
+            f = Path(self.masks) / cand
+            if f.is_file():
+                return str(f)
+        return None
+
+    def mask(self, path: str, key: str, size: tuple[int, int]) -> Tensor | None:
+        """The (H,W) bool mask of an image at the input ``size``, or None without an annotation.
+
+        Raises:
+            ValueError: a mask file that cannot be read.
+        """
+        from ..annotations import table_entry
+        from ..metrics.localization import boxes_to_masks, load_masks
+
+        if self.masks is not None:
+            f = self.mask_file(path, key)
+            return None if f is None else load_masks([f], size, resize=self.resize)[0]
+        if self.boxes is None:
+            return None
+        found = next((k for k in (key, path) if k in self.boxes), None) or table_entry(path, dict(self.boxes))
+        if found is None:
+            return None
+        from PIL import Image
+
+        with Image.open(path) as img:
+            image_size = img.size
+        return boxes_to_masks([self.boxes[found]], size, image_size=[image_size], resize=self.resize)[0]
 
 
 @dataclass(frozen=True)
@@ -49,6 +99,9 @@ class Item:
     label: int | None = None
     x: Tensor | None = None
     error: str | None = None
+    #: (H,W) bool object mask (None: no annotation, or ``mask_error`` says why it could not be read)
+    mask: Tensor | None = None
+    mask_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +115,11 @@ class Plan:
     metric_params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     target: Any = "top1"
     seed: int = 0
+    #: ``"float16"`` / ``"float32"``: each result row also carries its raw signed map under :data:`MAP_KEY` (a numpy
+    #: array of that dtype, as the method returns it: (C,H,W) or (1,h,w)), for ``--save-attributions``; None: no maps
+    attributions_dtype: str | None = None
+    #: the object masks for the metrics that need one (None: no such metric)
+    annotations: Annotations | None = None
 
 
 def _takes_seed_method(name: str) -> bool:
@@ -100,9 +158,10 @@ def batch_rows(model: nn.Module, items: Sequence[Item], plan: Plan) -> list[dict
             for it in good:
                 by_path[it.path] = error_rows(it, plan, f"model: {type(err).__name__}: {err}")
             return [r for it in items for r in by_path[it.path]]
+        masks = [(it.mask, it.mask_error) for it in good]
         with progress(0, "", enabled=False) as bar:  # the engine reports images; the runner's bar stays quiet
             for m in plan.methods:
-                for j, image_rows in enumerate(_method_rows(model, x, seeds, m, plan, bar)):
+                for j, image_rows in enumerate(_method_rows(model, x, seeds, masks, m, plan, bar)):
                     it = good[j]
                     for r in image_rows:
                         r.update(path=it.path, label=it.label, prediction=prediction[j], seed=seeds[j])
@@ -110,8 +169,8 @@ def batch_rows(model: nn.Module, items: Sequence[Item], plan: Plan) -> list[dict
     return [r for it in items for r in by_path[it.path]]
 
 
-def _method_rows(model: nn.Module, x: Tensor, seeds: list[int], method: str, plan: Plan, bar: Any
-                 ) -> list[list[dict[str, Any]]]:
+def _method_rows(model: nn.Module, x: Tensor, seeds: list[int], masks: list[tuple[Tensor | None, str | None]],
+                 method: str, plan: Plan, bar: Any) -> list[list[dict[str, Any]]]:
     """One method (and every metric on its explanations) over the batch ``x``: per image, its rows (one per rank).
     A seeded method runs image by image with each image's seed, the others on the whole batch."""
     params = dict(plan.params.get(method, {}))
@@ -132,37 +191,61 @@ def _method_rows(model: nn.Module, x: Tensor, seeds: list[int], method: str, pla
         rows = [[{"method": method, "rank": r, "score": float(e.scores[j]),
                   "target": None if e.targets is None else int(e.targets[j]), "seconds": per_image}
                  for r, e in enumerate(exps)] for j in range(xs.shape[0])]
+        if plan.attributions_dtype is not None:
+            for r, e in enumerate(exps):
+                maps = e.attributions.detach().cpu().to(getattr(torch, plan.attributions_dtype)).numpy()
+                for j in range(xs.shape[0]):
+                    rows[j][r][MAP_KEY] = maps[j].copy()
         for metric in plan.metrics:
-            _score(model, xs, seeds[sl], exps, method, p, metric, plan, rows)
+            _score(model, xs, seeds[sl], masks[sl], exps, method, p, metric, plan, rows)
         out.extend(rows)
     return out
 
 
-def _score(model: nn.Module, x: Tensor, seeds: list[int], exps: Sequence[Any], method: str,
-           method_params: Mapping[str, Any], metric: str, plan: Plan, rows: list[list[dict[str, Any]]]) -> None:
+def _score(model: nn.Module, x: Tensor, seeds: list[int], masks: list[tuple[Tensor | None, str | None]],
+           exps: Sequence[Any], method: str, method_params: Mapping[str, Any], metric: str, plan: Plan,
+           rows: list[list[dict[str, Any]]]) -> None:
     """Score every rank's explanations of ``x`` with ``metric`` into ``rows`` (image by image with each image's seed
-    for a seeded metric); a failure leaves the metric null and says why in the rows' ``error``."""
+    for a seeded metric); a failure leaves the metric null and says why in the rows' ``error``. A metric that needs
+    a mask scores the images that have one; the others get null (with the reason when their mask was unreadable)."""
     spec = get_metric(metric)
     kw: dict[str, Any] = dict(plan.metric_params.get(metric, {}))
     if "method" in spec.needs:
         kw.setdefault("method", method)
         kw.setdefault("method_params", dict(method_params))
+    n = x.shape[0]
+    todo = list(range(n))
+    if "mask" in spec.needs:
+        todo = [j for j in range(n) if masks[j][0] is not None]
+        for j in range(n):
+            for r in range(len(exps)):
+                rows[j][r][metric] = None
+                if masks[j][0] is None and masks[j][1]:
+                    msg = f"metric {metric}: {masks[j][1]}"
+                    rows[j][r]["error"] = "; ".join(filter(None, [rows[j][r].get("error"), msg]))
     seeded = _takes_seed_metric(metric)
-    groups = [slice(j, j + 1) for j in range(x.shape[0])] if seeded else [slice(0, x.shape[0])]
+    if todo == list(range(n)):  # slices: the inputs as they are (no copy)
+        groups: list[Any] = [slice(j, j + 1) for j in todo] if seeded else [slice(0, n)]
+    else:
+        groups = [[j] for j in todo] if seeded else ([todo] if todo else [])
     for r, e in enumerate(exps):
-        for sl in groups:
+        for g in groups:
+            idx = list(range(n))[g] if isinstance(g, slice) else g
+            sel = g if isinstance(g, slice) else torch.tensor(g, dtype=torch.long)
             t0 = time.perf_counter()
-            target = None if e.targets is None else e.targets[sl]
-            extra = {"seed": seeds[sl.start]} if seeded else {}
+            target = None if e.targets is None else e.targets[sel]
+            extra: dict[str, Any] = {"seed": seeds[idx[0]]} if seeded else {}
+            if "mask" in spec.needs:
+                extra["mask"] = torch.stack([masks[j][0] for j in idx]).to(x.device)  # type: ignore[misc]
             try:
-                scores = spec(model, x[sl], e.attributions[sl], target, **kw, **extra).scores.tolist()
+                scores = spec(model, x[sel], e.attributions[sel], target, **kw, **extra).scores.tolist()
             except Exception as err:  # one metric failing must not lose the rows
                 log.debug("metric %s on %s failed", metric, method, exc_info=True)
                 msg = f"metric {metric}: {type(err).__name__}: {err}"
-                scores = [None] * (sl.stop - sl.start)
-                for j in range(sl.start, sl.stop):
+                scores = [None] * len(idx)
+                for j in idx:
                     rows[j][r]["error"] = "; ".join(filter(None, [rows[j][r].get("error"), msg]))
-            share = (time.perf_counter() - t0) / (sl.stop - sl.start)
-            for j, v in zip(range(sl.start, sl.stop), scores, strict=True):
+            share = (time.perf_counter() - t0) / len(idx)
+            for j, v in zip(idx, scores, strict=True):
                 rows[j][r][metric] = None if v is None or v != v else float(v)
                 rows[j][r]["seconds"] += share
