@@ -151,8 +151,7 @@ def batch_rows(model: nn.Module, items: Sequence[Item], plan: Plan) -> list[dict
         x = x.to(param.device) if param is not None else x
         seeds = [image_seed(it.key, plan.seed) for it in good]
         try:
-            with model_state(model), torch.no_grad():
-                prediction = model(x).argmax(1).tolist()
+            prediction = _predictions(model, x, plan)
         except Exception as err:  # the model fails on this batch: its images get error rows, the job goes on
             log.error("the model failed on a batch of %d image(s): %s: %s", len(good), type(err).__name__, err)
             for it in good:
@@ -162,11 +161,27 @@ def batch_rows(model: nn.Module, items: Sequence[Item], plan: Plan) -> list[dict
         with progress(0, "", enabled=False) as bar:  # the engine reports images; the runner's bar stays quiet
             for m in plan.methods:
                 for j, image_rows in enumerate(_method_rows(model, x, seeds, masks, m, plan, bar)):
+                    if prediction[j] is None:  # top-k targets: the prediction is the first method's rank-0 target
+                        prediction[j] = next((r["target"] for r in image_rows if r.get("rank") == 0
+                                              and r.get("target") is not None), None)
                     it = good[j]
                     for r in image_rows:
-                        r.update(path=it.path, label=it.label, prediction=prediction[j], seed=seeds[j])
+                        r.update(path=it.path, label=it.label, seed=seeds[j])
                     by_path[it.path].extend(image_rows)
+        for j, it in enumerate(good):
+            for r in by_path[it.path]:
+                r["prediction"] = prediction[j]
     return [r for it in items for r in by_path[it.path]]
+
+
+def _predictions(model: nn.Module, x: Tensor, plan: Plan) -> list[int | None]:
+    """The model's top class per image. With a top-k target the methods' own forward gives it (their rank-0 target:
+    None here, filled in from the first method's rows), so no extra forward is spent on it; otherwise one forward."""
+    spec = plan.target
+    if isinstance(spec, str) and spec.strip().lower().startswith("top") and plan.methods:
+        return [None] * x.shape[0]
+    with model_state(model), torch.no_grad():
+        return model(x).argmax(1).tolist()
 
 
 def _method_rows(model: nn.Module, x: Tensor, seeds: list[int], masks: list[tuple[Tensor | None, str | None]],
