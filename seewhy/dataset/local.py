@@ -159,14 +159,15 @@ def run_local(model: nn.Module, data: ImageData, plan: Plan, store: Store, *, ro
             done += len(items)
             bar.update(len(items))
             if in_chunk >= per_chunk:
-                parts.append(_flush(store, rows, bar, done, len(pending)))
+                parts.append(flush_part(store, rows, bar, done, len(pending)))
                 rows, in_chunk = [], 0
         if rows:
-            parts.append(_flush(store, rows, bar, done, len(pending)))
+            parts.append(flush_part(store, rows, bar, done, len(pending)))
     return RunSummary(len(data), skipped, done, errors, parts, time.perf_counter() - t0)
 
 
-def _flush(store: Store, rows: list[dict[str, Any]], bar: Any, done: int, total: int) -> Path:
+def flush_part(store: Store, rows: list[dict[str, Any]], bar: Any, done: int, total: int) -> Path:
+    """Write a finished chunk's rows as one part and say the progress (images/s, time left); every engine's."""
     path = store.write(rows)
     assert path is not None
     rate = done / max(bar.elapsed, 1e-9)

@@ -34,8 +34,8 @@ from typing import Any
 from torch import nn
 
 from ..data import ImageData
-from ..progress import format_seconds, progress
-from .local import RunSummary
+from ..progress import progress
+from .local import RunSummary, flush_part
 from .store import Store, schema
 from .work import MAP_KEY, Plan
 
@@ -225,7 +225,7 @@ def _run(ray: Any, model: nn.Module, paths: list[str], labels: list[int | None],
                 for r in batch.to_pylist():
                     if r["path"] != last:
                         if len(images) >= chunk_size:
-                            parts.append(_flush(store, rows, bar, done, len(paths)))
+                            parts.append(flush_part(store, rows, bar, done, len(paths)))
                             rows, images = [], set()
                         last = r["path"]
                         images.add(last)
@@ -237,16 +237,7 @@ def _run(ray: Any, model: nn.Module, paths: list[str], labels: list[int | None],
                         r[MAP_KEY] = _unpack(r[MAP_KEY])
                     rows.append(r)
             if rows:
-                parts.append(_flush(store, rows, bar, done, len(paths)))
+                parts.append(flush_part(store, rows, bar, done, len(paths)))
     finally:
         ctx.enable_progress_bars = bars
     return RunSummary(n_data, skipped, done, errors, parts, time.perf_counter() - t0)
-
-
-def _flush(store: Store, rows: list[dict[str, Any]], bar: Any, done: int, total: int) -> Path:
-    path = store.write(rows)
-    assert path is not None
-    rate = done / max(bar.elapsed, 1e-9)
-    left = (total - done) / rate if rate else 0.0
-    bar.done("%s: %d/%d image(s), %.3g images/s, about %s left", path.name, done, total, rate, format_seconds(left))
-    return path

@@ -15,6 +15,8 @@ from PIL import Image
 
 pytest.importorskip("pyarrow")
 
+from dataset_helpers import tiny_model
+
 from seewhy import command, explain, images, zoo  # noqa: E402
 from seewhy.data import as_data  # noqa: E402
 from seewhy.dataset import explain_dataset, read_results  # noqa: E402
@@ -28,9 +30,7 @@ PARAMS = {"gradcam": {"layer": "features"}}
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny_cnn ships no weights
-        return zoo.load("tiny_cnn")
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from seewhy import explain, images, zoo  # noqa: E402
+from dataset_helpers import photo_folder, tiny_model
+
+from seewhy import explain  # noqa: E402
 from seewhy.data import as_data  # noqa: E402
 from seewhy.dataset import Store, explain_dataset, image_seed, read_attributions, read_results  # noqa: E402
 from seewhy.dataset import store as store_module  # noqa: E402
@@ -24,20 +26,13 @@ PARAMS = {"gradcam": {"layer": "features"}, "integrated_gradients": {"n_steps": 
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny_cnn ships no weights
-        return zoo.load("tiny_cnn")
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Eight 32-px crops of a bundled photo and one unreadable file."""
-    root = tmp_path_factory.mktemp("data")
-    photo = images.bundled_image("chelsea").resize((96, 64))
-    for k in range(8):
-        photo.crop((6 * k, 4 * k % 24, 6 * k + 48, 4 * k % 24 + 40)).resize((32, 32)).save(root / f"{k}.png")
-    (root / "broken.png").write_bytes(b"this is not a PNG")
-    return root
+    return photo_folder(tmp_path_factory.mktemp("data"), 8)
 
 
 def _run(data, out, model, **kw):

@@ -10,15 +10,16 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("pyarrow")
 
-from seewhy import command, explain, images, zoo  # noqa: E402
+from dataset_helpers import frame, photo_folder, same, tiny_model
+
+from seewhy import command, explain  # noqa: E402
 from seewhy.data import as_data  # noqa: E402
-from seewhy.dataset import Store, explain_dataset, image_seed, read_results  # noqa: E402
+from seewhy.dataset import Store, explain_dataset, image_seed  # noqa: E402
 from seewhy.dataset.cli import add_parser  # noqa: E402
 from seewhy.metrics import get_metric  # noqa: E402
 
@@ -28,29 +29,18 @@ METRICS = ["deletion_auc", "insertion_auc"]
 FLOATS = ["score", *METRICS]
 
 
-def _model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny_cnn ships no weights
-        return zoo.load("tiny_cnn")
+_model = tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return _model()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two class folders of 32-px crops and flips of a bundled photo (6 + 5 images) and one unreadable file."""
-    root = tmp_path_factory.mktemp("data")
-    photo = images.bundled_image("chelsea").resize((96, 64))
-    for c, n in (("cat", 6), ("dog", 5)):
-        (root / c).mkdir()
-        for k in range(n):
-            im = photo.crop((6 * k, 4 * k % 24, 6 * k + 48, 4 * k % 24 + 40)).resize((32, 32))
-            (im.transpose(0) if c == "dog" else im).save(root / c / f"{k}.png")
-    (root / "dog" / "broken.png").write_bytes(b"this is not a PNG")
-    return root
+    return photo_folder(tmp_path_factory.mktemp("data"), {"cat": 6, "dog": 5})
 
 
 def _run(folder, out, model, **kw):
@@ -58,17 +48,11 @@ def _run(folder, out, model, **kw):
     return explain_dataset(folder, model, METHODS, METRICS, out=out, **kw)
 
 
-def _frame(store):
-    return read_results(store).drop(["seconds"]).to_pandas()
+_frame = frame
 
 
 def _same(a, b):
-    assert len(a) == len(b)
-    assert not a.duplicated(["path", "method", "rank"]).any()
-    exact = [c for c in a.columns if c not in FLOATS]
-    assert a[exact].equals(b[exact])
-    for c in [c for c in FLOATS if c in a.columns]:
-        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-5, atol=1e-7)
+    same(a, b, FLOATS)
 
 
 @pytest.fixture(scope="module")

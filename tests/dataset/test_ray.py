@@ -19,8 +19,10 @@ try:
 except ImportError:  # pragma: no cover
     pytest.skip('Ray is not installed (pip install "seewhy[ray]")', allow_module_level=True)
 
-from seewhy import command, images, zoo  # noqa: E402
-from seewhy.dataset import Store, explain_dataset, read_results  # noqa: E402
+from dataset_helpers import frame, photo_folder, same, tiny_model
+
+from seewhy import command  # noqa: E402
+from seewhy.dataset import Store, explain_dataset  # noqa: E402
 from seewhy.dataset.cli import add_parser  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own settings
@@ -42,23 +44,13 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny_cnn ships no weights
-        return zoo.load("tiny_cnn")
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two class folders of 32-px crops and flips of a bundled photo (12 + 11 images) and one unreadable file."""
-    root = tmp_path_factory.mktemp("data")
-    photo = images.bundled_image("chelsea").resize((96, 64))
-    for c, n in (("cat", 12), ("dog", 11)):
-        (root / c).mkdir()
-        for k in range(n):
-            im = photo.crop((4 * k, 3 * k % 24, 4 * k + 48, 3 * k % 24 + 40)).resize((32, 32))
-            (im.transpose(0) if c == "dog" else im).save(root / c / f"{k}.png")
-    (root / "dog" / "broken.png").write_bytes(b"this is not a PNG")
-    return root
+    return photo_folder(tmp_path_factory.mktemp("data"), {"cat": 12, "dog": 11}, step=(4, 3))
 
 
 def _run(folder, out, model, **kw):
@@ -67,17 +59,11 @@ def _run(folder, out, model, **kw):
     return explain_dataset(folder, model, METHODS, METRICS, out=out, **kw)
 
 
-def _frame(store):
-    return read_results(store).drop(["seconds"]).to_pandas()
+_frame = frame
 
 
 def _same(a, b):
-    assert len(a) == len(b)
-    assert not a.duplicated(["path", "method", "rank"]).any()
-    exact = [c for c in a.columns if c not in FLOATS]
-    assert a[exact].equals(b[exact])
-    for c in FLOATS:
-        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-5, atol=1e-7)
+    same(a, b, FLOATS)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from seewhy import command, explain, images, viz, zoo  # noqa: E402
+from dataset_helpers import photo_folder, tiny_model
+
+from seewhy import command, explain, viz  # noqa: E402
 from seewhy.data import as_data  # noqa: E402
 from seewhy.dataset import Store, explain_dataset, read_results  # noqa: E402
 from seewhy.dataset import summary as summary_mod  # noqa: E402
@@ -28,29 +30,18 @@ METRICS = ["deletion_auc"]
 PARAMS = {"gradcam": {"layer": "features"}}
 
 
-def _model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny_cnn ships no weights
-        return zoo.load("tiny_cnn")
+_model = tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return _model()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two class folders of 32-px crops and flips of a bundled photo (5 + 4 images) and one unreadable file."""
-    root = tmp_path_factory.mktemp("data")
-    photo = images.bundled_image("chelsea").resize((96, 64))
-    for c, n in (("cat", 5), ("dog", 4)):
-        (root / c).mkdir()
-        for k in range(n):
-            im = photo.crop((7 * k, 5 * k % 24, 7 * k + 48, 5 * k % 24 + 40)).resize((32, 32))
-            (im.transpose(0) if c == "dog" else im).save(root / c / f"{k}.png")
-    (root / "dog" / "broken.png").write_bytes(b"this is not a PNG")
-    return root
+    return photo_folder(tmp_path_factory.mktemp("data"), {"cat": 5, "dog": 4}, step=(7, 5))
 
 
 @pytest.fixture(scope="module")
